@@ -1,0 +1,29 @@
+"""longformer-jax: Longformer (Beltagy, Peters, Cohan, 2020) in JAX/Flax."""
+
+from longformer.config import LongformerConfig
+from longformer.modeling import (
+    LongformerForMaskedLM,
+    LongformerForMultipleChoice,
+    LongformerForQuestionAnswering,
+    LongformerForSequenceClassification,
+    LongformerForTokenClassification,
+    LongformerHeadOutput,
+    LongformerModel,
+    LongformerOutput,
+)
+
+__all__ = [
+    "LongformerConfig",
+    "LongformerModel",
+    "LongformerForMaskedLM",
+    "LongformerForSequenceClassification",
+    "LongformerForTokenClassification",
+    "LongformerForMultipleChoice",
+    "LongformerForQuestionAnswering",
+    "LongformerOutput",
+    "LongformerHeadOutput",
+]
+
+from longformer.hf_checkpoint import load_hf_checkpoint, save_hf_checkpoint  # noqa: E402
+
+__all__ += ["load_hf_checkpoint", "save_hf_checkpoint"]

@@ -1,0 +1,276 @@
+"""Longformer attention as pure functions on arrays (no parameters, no modules).
+
+Why it is shaped like this:
+* The band is computed block by block: queries are cut into blocks of `block` rows and each block
+    gathers (a `jax.vmap`ed dynamic slice) only the keys its rows can see, `block + left + right`
+    of them. Work and memory are O(n * (block + left + right)) and no n x n array ever exists.
+    The band is described by its two one-sided extents, so a causal window is `right=0`.
+* Global tokens are gathered into a static budget of `G` slots per example (`global_token_indices`)
+    so shapes never depend on data: local rows see them as `G` extra key columns, and the global
+    rows are recomputed over all keys (O(n * G)) and scattered back.
+* Softmax runs in float32 over the global columns and the band together; a row with no visible key
+    gives zeros, never NaN, and so do padding rows (as the reference does).
+
+Shapes: B batch, N length, H heads, D head size, G global budget. `q` is already scaled.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+_NEG = -1e30  # finite stand-in for -inf: keeps masked rows NaN-free in values and gradients
+
+
+class GlobalIndices(NamedTuple):
+    """Where the global tokens of each example sit, padded to a static budget."""
+    index: jax.Array  # (B, G) int32 positions, ascending; unused slots hold 0
+    valid: jax.Array  # (B, G) bool, slot is used
+    count: jax.Array  # (B,) int32 number of global tokens asked for (may exceed G)
+
+    @property
+    def overflow(self) -> jax.Array:
+        """(B,) bool: more global tokens were asked for than the budget holds."""
+        return self.count > self.index.shape[1]
+
+
+def default_block_size(left: int, right: int, length: int) -> int:
+    """Query block size: about the one-sided window, clamped to [16, 128], never above the length.
+
+    Smaller blocks waste fewer products on the band's corners (the keys a block gathers are
+    block + left + right for (left + right + 1) useful ones); larger blocks make better matmuls.
+    """
+    block = max(left, right, 1)
+    block = min(max(block, 16), 128)
+    return max(1, min(block, length))
+
+
+def global_token_indices(is_global: jax.Array, budget: int) -> GlobalIndices:
+    """Packs the positions of global tokens into `budget` slots, in order of position.
+
+    Tokens past the budget are left out of the slots; `overflow` reports it and callers treat those
+    tokens as local, so no result is silently inconsistent.
+    """
+    batch, length = is_global.shape
+    is_global = is_global.astype(bool)
+    rank = jnp.cumsum(is_global, axis=1, dtype=jnp.int32) - 1
+    slot = jnp.where(is_global & (rank < budget), rank, budget)  # `budget` is out of range: dropped
+    positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
+    index = jnp.zeros((batch, budget), jnp.int32).at[
+            jnp.arange(batch)[:, None], slot].set(positions, mode="drop")
+    count = jnp.sum(is_global, axis=1, dtype=jnp.int32)
+    valid = jnp.arange(budget)[None, :] < jnp.minimum(count, budget)[:, None]
+    return GlobalIndices(index, valid, count)
+
+
+def gather_rows(x: jax.Array, index: jax.Array) -> jax.Array:
+    """x (B, N, ...) at positions index (B, G) -> (B, G, ...)."""
+    return jax.vmap(lambda xb, ib: jnp.take(xb, ib, axis=0))(x, index)
+
+
+def scatter_rows(x: jax.Array, index: jax.Array, valid: jax.Array, rows: jax.Array) -> jax.Array:
+    """Replaces x (B, N, ...) at the valid positions of index (B, G) by rows (B, G, ...)."""
+    length = x.shape[1]
+    index = jnp.where(valid, index, length)  # out of range: dropped
+    return jax.vmap(lambda xb, ib, rb: xb.at[ib].set(rb.astype(xb.dtype), mode="drop"))(x, index, rows)
+
+
+def _windows(x: jax.Array, num_blocks: int, block: int, span: int) -> jax.Array:
+    """x (B, L, ...) -> (B, num_blocks, span, ...): block i holds x[i*block : i*block + span]."""
+    def one(i):
+        return lax.dynamic_slice_in_dim(x, i * block, span, axis=1)
+    return jax.vmap(one, out_axes=1)(jnp.arange(num_blocks))
+
+
+def _dropout(probs: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
+    if rng is None or rate == 0.0:
+        return probs
+    keep = jax.random.bernoulli(rng, 1.0 - rate, probs.shape)
+    return jnp.where(keep, probs / (1.0 - rate), 0.0).astype(probs.dtype)
+
+
+def _masked_softmax(scores: list[jax.Array], valid: list[jax.Array]) -> list[jax.Array]:
+    """One float32 softmax over several score blocks sharing their leading axes (last axis split).
+
+    Rows where nothing is valid come out as zeros.
+    """
+    scores = [jnp.where(m, s.astype(jnp.float32), _NEG) for s, m in zip(scores, valid)]
+    peak = functools.reduce(jnp.maximum, [jnp.max(s, axis=-1, keepdims=True) for s in scores])
+    peak = lax.stop_gradient(peak)
+    expd = [jnp.where(m, jnp.exp(s - peak), 0.0) for s, m in zip(scores, valid)]
+    total = functools.reduce(jnp.add, [jnp.sum(e, axis=-1, keepdims=True) for e in expd])
+    inv = 1.0 / jnp.where(total > 0, total, 1.0)
+    return [e * inv for e in expd]
+
+
+def band_attention(
+        q: jax.Array,
+        k: jax.Array,
+        v: jax.Array,
+        key_mask: jax.Array,
+        *,
+        left: int,
+        right: int,
+        query_mask: jax.Array | None = None,
+        extra_k: jax.Array | None = None,
+        extra_v: jax.Array | None = None,
+        extra_mask: jax.Array | None = None,
+        block: int | None = None,
+        dropout_rate: float = 0.0,
+        dropout_rng: jax.Array | None = None,
+        return_probs: bool = False,
+):
+    """Sliding-window attention: query i sees keys i-left .. i+right where key_mask holds.
+
+    Args:
+        q, k, v: (B, N, H, D); q already scaled.
+        key_mask: (B, N) bool, the keys that may appear in a band.
+        left, right: one-sided extents of the window (right=0 is causal).
+        query_mask: (B, N) bool; rows where it is False come out zero (padding rows).
+        extra_k, extra_v: (B, G, H, D) keys every query also sees (the global tokens' local
+            projections), with extra_mask (B, G) bool. They share the band's softmax.
+        block: query block size (None: `default_block_size`).
+        return_probs: also return the weights as (B, H, N, G + left + right + 1): the extra columns
+            first, then the band, the query itself at column G + left.
+
+    Returns:
+        out (B, N, H, D) in v's dtype, and the weights when asked.
+    """
+    batch, length, heads, dim = q.shape
+    block = block or default_block_size(left, right, length)
+    num_blocks = -(-length // block)
+    padded = num_blocks * block
+    span = block + left + right
+
+    tail = padded - length
+    q = jnp.pad(q, ((0, 0), (0, tail), (0, 0), (0, 0)))
+    pad_kv = ((0, 0), (left, tail + right), (0, 0), (0, 0))
+    k_blocks = _windows(jnp.pad(k, pad_kv), num_blocks, block, span)  # (B, nb, S, H, D)
+    v_blocks = _windows(jnp.pad(v, pad_kv), num_blocks, block, span)
+    m_blocks = _windows(jnp.pad(key_mask.astype(bool), ((0, 0), (left, tail + right))),
+                                            num_blocks, block, span)  # (B, nb, S)
+    q_blocks = q.reshape(batch, num_blocks, block, heads, dim)
+
+    scores = jnp.einsum("bnchd,bnshd->bnhcs", q_blocks, k_blocks,
+                                            preferred_element_type=jnp.float32)
+    offset = jnp.arange(span)[None, :] - jnp.arange(block)[:, None]  # key - query + left
+    in_band = (offset >= 0) & (offset <= left + right)
+    valid = in_band[None, None, None] & m_blocks[:, :, None, None, :]
+
+    all_scores, all_valid = [scores], [valid]
+    if extra_k is not None:
+        g_scores = jnp.einsum("bnchd,bghd->bnhcg", q_blocks, extra_k,
+                                                    preferred_element_type=jnp.float32)
+        all_scores.insert(0, g_scores)
+        all_valid.insert(0, extra_mask.astype(bool)[:, None, None, None, :])
+    probs = _masked_softmax(all_scores, all_valid)
+
+    if query_mask is not None:
+        q_ok = jnp.pad(query_mask.astype(bool), ((0, 0), (0, tail)))
+        q_ok = q_ok.reshape(batch, num_blocks, 1, block, 1)
+        probs = [jnp.where(q_ok, p, 0.0) for p in probs]
+    weights = probs
+    if dropout_rate > 0.0 and dropout_rng is not None:
+        rngs = jax.random.split(dropout_rng, len(probs))
+        probs = [_dropout(p, dropout_rate, r) for p, r in zip(probs, rngs)]
+
+    out = jnp.einsum("bnhcs,bnshd->bnchd", probs[-1].astype(v.dtype), v_blocks,
+                                      preferred_element_type=jnp.float32)
+    if extra_k is not None:
+        out = out + jnp.einsum("bnhcg,bghd->bnchd", probs[0].astype(v.dtype), extra_v,
+                                                      preferred_element_type=jnp.float32)
+    out = out.reshape(batch, padded, heads, dim)[:, :length].astype(v.dtype)
+    if not return_probs:
+        return out
+
+    # Band weights as (query, relative offset): column t + j of block row t is offset j.
+    width = left + right + 1
+    take = jnp.arange(block)[:, None] + jnp.arange(width)[None, :]  # (c, W)
+    band = jnp.take_along_axis(weights[-1], take[None, None, None], axis=-1)  # (B, nb, H, c, W)
+    band = band.transpose(0, 2, 1, 3, 4).reshape(batch, heads, padded, width)[:, :, :length]
+    if extra_k is not None:
+        g = weights[0].transpose(0, 2, 1, 3, 4).reshape(batch, heads, padded, -1)[:, :, :length]
+        band = jnp.concatenate([g, band], axis=-1)
+    return out, band
+
+
+def global_attention(
+        q_global: jax.Array,
+        k: jax.Array,
+        v: jax.Array,
+        key_mask: jax.Array,
+        *,
+        dropout_rate: float = 0.0,
+        dropout_rng: jax.Array | None = None,
+):
+    """The global tokens' own rows: q_global (B, G, H, D) against every key where key_mask holds.
+
+    Returns out (B, G, H, D) and the weights (B, H, G, N). O(N * G).
+    """
+    scores = jnp.einsum("bghd,bnhd->bhgn", q_global, k, preferred_element_type=jnp.float32)
+    (probs,) = _masked_softmax([scores], [key_mask.astype(bool)[:, None, None, :]])
+    dropped = _dropout(probs, dropout_rate, dropout_rng)
+    out = jnp.einsum("bhgn,bnhd->bghd", dropped.astype(v.dtype), v,
+                                      preferred_element_type=jnp.float32)
+    return out.astype(v.dtype), probs
+
+
+def longformer_attention(
+        q: jax.Array,
+        k: jax.Array,
+        v: jax.Array,
+        attention_mask: jax.Array,
+        *,
+        left: int,
+        right: int,
+        globals_: GlobalIndices | None = None,
+        q_global: jax.Array | None = None,
+        k_global: jax.Array | None = None,
+        v_global: jax.Array | None = None,
+        block: int | None = None,
+        dropout_rate: float = 0.0,
+        dropout_rng: jax.Array | None = None,
+        return_probs: bool = False,
+):
+    """The reference's full self-attention: band + global columns, global rows recomputed.
+
+    Args:
+        q, k, v: (B, N, H, D) local projections (q scaled).
+        attention_mask: (B, N) bool, True for real (non-padding) tokens.
+        globals_: slots of the global tokens (None or a zero budget: local attention only).
+        q_global: (B, G, H, D) `query_global` of the global tokens (scaled);
+        k_global, v_global: (B, N, H, D) `key_global` / `value_global` of every token.
+
+    Returns out (B, N, H, D); with return_probs also (local weights (B, H, N, G + left + right + 1)
+    with global rows zeroed, global weights (B, H, N, G) or None).
+    """
+    attention_mask = attention_mask.astype(bool)
+    use_global = globals_ is not None and globals_.index.shape[1] > 0
+    rngs = (jax.random.split(dropout_rng) if dropout_rng is not None else (None, None))
+    if not use_global:
+        return band_attention(q, k, v, attention_mask, left=left, right=right,
+                                                    query_mask=attention_mask, block=block, dropout_rate=dropout_rate,
+                                                    dropout_rng=rngs[0], return_probs=return_probs)
+
+    # Global tokens leave the band (they come back as the extra columns, counted once).
+    is_global = scatter_rows(jnp.zeros(attention_mask.shape, bool), globals_.index, globals_.valid,
+                                                      jnp.ones(globals_.index.shape, bool))
+    result = band_attention(
+            q, k, v, attention_mask & ~is_global, left=left, right=right, query_mask=attention_mask,
+            extra_k=gather_rows(k, globals_.index), extra_v=gather_rows(v, globals_.index),
+            extra_mask=globals_.valid, block=block, dropout_rate=dropout_rate, dropout_rng=rngs[0],
+            return_probs=return_probs)
+    out, local_probs = result if return_probs else (result, None)
+
+    g_out, g_probs = global_attention(q_global, k_global, v_global, attention_mask,
+                                                                        dropout_rate=dropout_rate, dropout_rng=rngs[1])
+    out = scatter_rows(out, globals_.index, globals_.valid, g_out)
+    if not return_probs:
+        return out
+    local_probs = jnp.where(is_global[:, None, :, None], 0.0, local_probs)
+    g_probs = jnp.where(globals_.valid[:, None, :, None], g_probs, 0.0)
+    return out, local_probs, g_probs.transpose(0, 1, 3, 2)

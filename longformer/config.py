@@ -1,0 +1,177 @@
+"""The model configuration: Hugging Face's field names and meaning, plus what JAX needs static.
+
+`attention_window` follows the Hugging Face convention: the TOTAL window w (even, > 0), so a token
+sees w/2 keys on each side. It is an int or one entry per layer; any even sizes work together.
+The JAX-only fields (dtypes, the static global-token budget, remat, block size) are never
+written to `config.json`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Sequence
+
+import jax.numpy as jnp
+
+# Hugging Face config.json keys that we read and write (everything else is ignored on load).
+_HF_FIELDS = (
+        "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+        "hidden_act", "hidden_dropout_prob", "attention_probs_dropout_prob", "max_position_embeddings",
+        "type_vocab_size", "initializer_range", "layer_norm_eps", "attention_window", "pad_token_id",
+        "bos_token_id", "eos_token_id", "sep_token_id", "num_labels", "problem_type",
+)
+
+REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu", "swish", "tanh")
+
+
+@dataclasses.dataclass(frozen=True)
+class LongformerConfig:
+    """Hugging Face `LongformerConfig` fields and defaults, plus static JAX options."""
+
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-12
+    attention_window: int | tuple[int, ...] = 512
+    pad_token_id: int = 1
+    bos_token_id: int = 0
+    eos_token_id: int = 2
+    sep_token_id: int = 2
+    num_labels: int = 2
+    problem_type: str | None = None  # 'regression' | 'single_label_classification' | 'multi_label_classification'
+
+    # --- JAX only ---
+    dtype: str = "float32"  # compute dtype of matmuls; softmax and LayerNorm statistics stay float32
+    param_dtype: str = "float32"
+    max_global_tokens: int = 64  # static per-example budget of global tokens; 0 removes the global path
+    remat: str = "none"  # rematerialisation policy per layer: none | full | dots | dots_no_batch
+    attention_block_size: int = 0  # query block of the banded op; 0 picks one from the window
+
+    def __post_init__(self):
+        window = self.attention_window
+        if isinstance(window, (list, tuple)):
+            object.__setattr__(self, "attention_window", tuple(int(w) for w in window))
+        self.validate()
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> None:
+        def fail(msg):
+            raise ValueError(f"LongformerConfig: {msg}")
+
+        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                                  "intermediate_size", "max_position_embeddings", "type_vocab_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                fail(f"{name} must be a positive int, got {value!r}")
+        if self.hidden_size % self.num_attention_heads:
+            fail(f"hidden_size ({self.hidden_size}) is not a multiple of num_attention_heads "
+                      f"({self.num_attention_heads})")
+        window = self.attention_window
+        if isinstance(window, tuple):
+            if len(window) != self.num_hidden_layers:
+                fail(f"attention_window has {len(window)} entries but num_hidden_layers is "
+                          f"{self.num_hidden_layers}; give one window per layer or a single int")
+        for i, w in enumerate(self.layer_windows):
+            if not isinstance(w, int) or w <= 0 or w % 2:
+                fail(f"attention_window for layer {i} must be an even positive int (the total window, "
+                          f"w/2 on each side), got {w!r}")
+        if self.pad_token_id >= self.max_position_embeddings - 1:
+            fail(f"pad_token_id ({self.pad_token_id}) leaves no rows in a position table of "
+                      f"{self.max_position_embeddings}")
+        if self.hidden_act not in ACTIVATIONS:
+            fail(f"hidden_act {self.hidden_act!r} is not one of {ACTIVATIONS}")
+        if self.remat not in REMAT_POLICIES:
+            fail(f"remat {self.remat!r} is not one of {REMAT_POLICIES}")
+        if self.max_global_tokens < 0:
+            fail(f"max_global_tokens must be >= 0, got {self.max_global_tokens}")
+        if self.attention_block_size < 0:
+            fail(f"attention_block_size must be >= 0, got {self.attention_block_size}")
+        for name in ("dtype", "param_dtype"):
+            try:
+                jnp.dtype(getattr(self, name))
+            except TypeError:
+                fail(f"{name} {getattr(self, name)!r} is not a dtype")
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                fail(f"{name} must be in [0, 1), got {getattr(self, name)}")
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def layer_windows(self) -> tuple[int, ...]:
+        """The total window of every layer."""
+        w = self.attention_window
+        return tuple(w) if isinstance(w, tuple) else (w,) * self.num_hidden_layers
+
+    @property
+    def max_window(self) -> int:
+        return max(self.layer_windows)
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def max_sequence_length(self) -> int:
+        """Longest input the position table allows (RoBERTa positions start at pad_token_id + 1)."""
+        return self.max_position_embeddings - self.pad_token_id - 1
+
+    @property
+    def compute_dtype(self):
+        return jnp.dtype(self.dtype)
+
+    @property
+    def params_dtype(self):
+        return jnp.dtype(self.param_dtype)
+
+    def replace(self, **changes) -> "LongformerConfig":
+        return dataclasses.replace(self, **changes)
+
+    # ------------------------------------------------------------------ Hugging Face config.json
+    @classmethod
+    def from_hf_dict(cls, d: dict[str, Any], **overrides) -> "LongformerConfig":
+        """Reads a transformers `config.json` dict (unknown keys are ignored)."""
+        kwargs = {k: d[k] for k in _HF_FIELDS if k in d and d[k] is not None}
+        if "num_labels" not in d and "id2label" in d:
+            kwargs["num_labels"] = len(d["id2label"])
+        if isinstance(kwargs.get("eos_token_id"), list):
+            kwargs["eos_token_id"] = kwargs["eos_token_id"][0]
+        if d.get("problem_type") is None:
+            kwargs.pop("problem_type", None)
+        kwargs.update(overrides)
+        return cls(**kwargs)
+
+    def to_hf_dict(self, architectures: Sequence[str] | None = None) -> dict[str, Any]:
+        d: dict[str, Any] = {k: getattr(self, k) for k in _HF_FIELDS if k != "num_labels"}
+        windows = self.layer_windows
+        d["attention_window"] = list(windows)
+        d["model_type"] = "longformer"
+        d["id2label"] = {str(i): f"LABEL_{i}" for i in range(self.num_labels)}
+        d["label2id"] = {f"LABEL_{i}": i for i in range(self.num_labels)}
+        d["tie_word_embeddings"] = True
+        if architectures:
+            d["architectures"] = list(architectures)
+        return d
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, **overrides) -> "LongformerConfig":
+        file = os.path.join(path, "config.json") if os.path.isdir(path) else path
+        if not os.path.exists(file):
+            raise FileNotFoundError(f"no config.json in {path}")
+        with open(file) as f:
+            return cls.from_hf_dict(json.load(f), **overrides)
+
+    def save_pretrained(self, path: str | os.PathLike, architectures=None) -> None:
+        os.makedirs(path, exist_ok=True)
+        with open(os.path.join(path, "config.json"), "w") as f:
+            json.dump(self.to_hf_dict(architectures), f, indent=2, sort_keys=True)

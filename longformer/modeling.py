@@ -1,0 +1,639 @@
+"""Longformer modules: RoBERTa embeddings, the encoder, the base model and the five heads.
+
+Parameter names mirror the Hugging Face state dict (`embeddings/word_embeddings`,
+`encoder/layer_3/attention/self/query_global`, `lm_head/decoder` is tied...), so checkpoint
+conversion is a systematic renaming. Every parameter carries logical axis names for sharding.
+The attention math lives in `attention.py`; modules here only hold parameters and project.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from longformer import attention as attn_op
+from longformer.config import LongformerConfig
+
+Array = jax.Array
+
+
+# ----------------------------------------------------------------------------- outputs
+@flax.struct.dataclass
+class LongformerOutput:
+    """Base model outputs (Hugging Face field names); cut back to the input length."""
+    last_hidden_state: Array
+    pooler_output: Optional[Array] = None
+    hidden_states: Optional[tuple] = None
+    attentions: Optional[tuple] = None
+    global_attentions: Optional[tuple] = None
+    global_overflow: Optional[Array] = None  # (batch,) more global tokens than the budget
+
+
+@flax.struct.dataclass
+class LongformerHeadOutput:
+    """Head outputs: `logits` (or `start_logits`/`end_logits` for QA) and `loss` with labels."""
+    logits: Optional[Array] = None
+    loss: Optional[Array] = None
+    start_logits: Optional[Array] = None
+    end_logits: Optional[Array] = None
+    hidden_states: Optional[tuple] = None
+    attentions: Optional[tuple] = None
+    global_attentions: Optional[tuple] = None
+    global_overflow: Optional[Array] = None
+
+
+# ----------------------------------------------------------------------------- building blocks
+def _init(config: LongformerConfig, axes: tuple[str, ...]):
+    return nn.with_logical_partitioning(nn.initializers.normal(config.initializer_range), axes)
+
+
+def _activation(name: str):
+    return {
+        "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+        "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+        "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+        "relu": jax.nn.relu,
+        "silu": jax.nn.silu,
+        "swish": jax.nn.silu,
+        "tanh": jnp.tanh,
+    }[name]
+
+
+def _linear_params(module: nn.Module, config: LongformerConfig, in_features: int,
+                   features: int, axes: tuple[str, str]):
+    kernel = module.param("kernel", _init(config, axes), (in_features, features),
+                          config.params_dtype)
+    bias = module.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, (axes[1],)),
+                        (features,), config.params_dtype)
+    return kernel, bias
+
+
+class Dense(nn.Module):
+    """A linear layer with logical axes (`kernel` is [in, out], the transpose of torch's)."""
+    features: int
+    config: LongformerConfig
+    axes: tuple[str, str] = ("embed", "mlp")
+
+    @nn.compact
+    def __call__(self, x):
+        kernel, bias = _linear_params(self, self.config, x.shape[-1], self.features, self.axes)
+        dtype = self.config.compute_dtype
+        return jnp.dot(x.astype(dtype), kernel.astype(dtype)) + bias.astype(dtype)
+
+
+class DenseParams(nn.Module):
+    """Only declares a linear layer's `kernel` and `bias`, so callers can fuse several layers."""
+    features: int
+    config: LongformerConfig
+    axes: tuple[str, str] = ("embed", "mlp")
+
+    @nn.compact
+    def __call__(self, in_features: int):
+        return _linear_params(self, self.config, in_features, self.features, self.axes)
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm with float32 statistics and the reference's epsilon (`scale` is torch's weight)."""
+    config: LongformerConfig
+
+    @nn.compact
+    def __call__(self, x):
+        cfg = self.config
+        features = x.shape[-1]
+        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
+                           (features,), cfg.params_dtype)
+        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)),
+                          (features,), cfg.params_dtype)
+        x32 = x.astype(jnp.float32)
+        mean = jnp.mean(x32, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+        y = (x32 - mean) * jax.lax.rsqrt(var + cfg.layer_norm_eps)
+        y = y * scale.astype(jnp.float32) + bias.astype(jnp.float32)
+        return y.astype(cfg.compute_dtype)
+
+
+class Embed(nn.Module):
+    num: int
+    config: LongformerConfig
+    axes: tuple[str, str] = ("vocab", "embed")
+    zero_row: Optional[int] = None  # torch's padding_idx row starts at zero
+
+    @nn.compact
+    def __call__(self, ids):
+        base = nn.initializers.normal(self.config.initializer_range)
+
+        def init(key, shape, dtype):
+            table = base(key, shape, dtype)
+            return table if self.zero_row is None else table.at[self.zero_row].set(0)
+
+        table = self.param("embedding", nn.with_logical_partitioning(init, self.axes),
+                           (self.num, self.config.hidden_size), self.config.params_dtype)
+        return jnp.take(table, ids, axis=0).astype(self.config.compute_dtype)
+
+
+class LongformerEmbeddings(nn.Module):
+    config: LongformerConfig
+
+    @nn.compact
+    def __call__(self, input_ids, token_type_ids, position_ids, inputs_embeds=None,
+                 deterministic=True):
+        cfg = self.config
+        if inputs_embeds is None:
+            inputs_embeds = Embed(cfg.vocab_size, cfg, zero_row=cfg.pad_token_id,
+                                  name="word_embeddings")(input_ids)
+        pos = Embed(cfg.max_position_embeddings, cfg, axes=("pos", "embed"),
+                    zero_row=cfg.pad_token_id, name="position_embeddings")(position_ids)
+        types = Embed(cfg.type_vocab_size, cfg, axes=("pos", "embed"),
+                      name="token_type_embeddings")(token_type_ids)
+        x = LayerNorm(cfg, name="LayerNorm")(inputs_embeds.astype(cfg.compute_dtype) + pos + types)
+        return nn.Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
+
+
+class LongformerSelfAttention(nn.Module):
+    """The six projections of a layer; the math is `attention.longformer_attention`."""
+    config: LongformerConfig
+    layer_index: int
+
+    @nn.compact
+    def __call__(self, x, attention_mask, globals_, deterministic=True, output_attentions=False):
+        cfg = self.config
+        batch, length, hidden = x.shape
+        heads, dim = cfg.num_attention_heads, cfg.head_dim
+        window = cfg.layer_windows[self.layer_index]
+        use_global = globals_ is not None
+        dtype = cfg.compute_dtype
+
+        names = ["query", "key", "value"] + (["key_global", "value_global"] if use_global else [])
+        params = {n: DenseParams(hidden, cfg, ("embed", "heads"), name=n)(hidden) for n in names}
+        # One matmul for every projection that reads all tokens.
+        kernel = jnp.concatenate([params[n][0] for n in names], axis=1).astype(dtype)
+        bias = jnp.concatenate([params[n][1] for n in names]).astype(dtype)
+        fused = jnp.dot(x.astype(dtype), kernel) + bias
+        split = jnp.split(fused, len(names), axis=-1)
+        proj = {n: s.reshape(batch, length, heads, dim) for n, s in zip(names, split)}
+        scale = 1.0 / np.sqrt(dim)
+        q = (proj["query"].astype(jnp.float32) * scale).astype(dtype)
+
+        q_global = k_global = v_global = None
+        if use_global:
+            qg_kernel, qg_bias = DenseParams(hidden, cfg, ("embed", "heads"),
+                                             name="query_global")(hidden)
+            x_global = attn_op.gather_rows(x, globals_.index).astype(dtype)
+            q_global = jnp.dot(x_global, qg_kernel.astype(dtype)) + qg_bias.astype(dtype)
+            q_global = (q_global.astype(jnp.float32) * scale).astype(dtype)
+            q_global = q_global.reshape(batch, -1, heads, dim)
+            k_global, v_global = proj["key_global"], proj["value_global"]
+
+        rate = cfg.attention_probs_dropout_prob
+        rng = None if deterministic or rate == 0.0 else self.make_rng("dropout")
+        result = attn_op.longformer_attention(
+            q, proj["key"], proj["value"], attention_mask, left=window // 2, right=window // 2,
+            globals_=globals_, q_global=q_global, k_global=k_global, v_global=v_global,
+            block=cfg.attention_block_size or None, dropout_rate=rate, dropout_rng=rng,
+            return_probs=output_attentions)
+        if not output_attentions:
+            return result.reshape(batch, length, hidden), None, None
+        if use_global:
+            out, probs, g_probs = result
+        else:
+            (out, probs), g_probs = result, None
+        return out.reshape(batch, length, hidden), probs, g_probs
+
+
+class LongformerLayer(nn.Module):
+    config: LongformerConfig
+    layer_index: int
+
+    @nn.compact
+    def __call__(self, x, attention_mask, globals_, deterministic=True, output_attentions=False):
+        cfg = self.config
+        x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+        a, probs, g_probs = _AttentionBlock(cfg, self.layer_index, name="attention")(
+            x, attention_mask, globals_, deterministic, output_attentions)
+        h = _Intermediate(cfg, name="intermediate")(a)
+        out = _Output(cfg, name="output")(h, a, deterministic)
+        return out, probs, g_probs
+
+
+class _AttentionBlock(nn.Module):
+    config: LongformerConfig
+    layer_index: int
+
+    @nn.compact
+    def __call__(self, x, attention_mask, globals_, deterministic, output_attentions):
+        a, probs, g_probs = LongformerSelfAttention(self.config, self.layer_index, name="self")(
+            x, attention_mask, globals_, deterministic, output_attentions)
+        out = _Output(self.config, ("heads", "embed"), name="output")(a, x, deterministic)
+        return out, probs, g_probs
+
+
+class _Intermediate(nn.Module):
+    config: LongformerConfig
+
+    @nn.compact
+    def __call__(self, x):
+        h = Dense(self.config.intermediate_size, self.config, ("embed", "mlp"), name="dense")(x)
+        return _activation(self.config.hidden_act)(h)
+
+
+class _Output(nn.Module):
+    """dense -> dropout -> LayerNorm(residual + .), the reference's SelfOutput and Output."""
+    config: LongformerConfig
+    axes: tuple[str, str] = ("mlp", "embed")
+
+    @nn.compact
+    def __call__(self, h, residual, deterministic):
+        cfg = self.config
+        h = Dense(cfg.hidden_size, cfg, self.axes, name="dense")(h)
+        h = nn.Dropout(cfg.hidden_dropout_prob)(h, deterministic=deterministic)
+        return LayerNorm(cfg, name="LayerNorm")(h + residual.astype(h.dtype))
+
+
+_REMAT_POLICIES = {
+    "full": None,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
+    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+class LongformerEncoder(nn.Module):
+    config: LongformerConfig
+
+    @nn.compact
+    def __call__(self, x, attention_mask, globals_, deterministic=True, output_attentions=False,
+                 output_hidden_states=False):
+        cfg = self.config
+        layer_cls = LongformerLayer
+        if cfg.remat != "none":
+            # Arguments count `self` as 0: deterministic and output_attentions are static.
+            layer_cls = nn.remat(LongformerLayer, policy=_REMAT_POLICIES[cfg.remat],
+                                 static_argnums=(4, 5))
+        hidden, attentions, global_attentions = [], [], []
+        for i in range(cfg.num_hidden_layers):
+            if output_hidden_states:
+                hidden.append(x)
+            x, probs, g_probs = layer_cls(cfg, i, name=f"layer_{i}")(
+                x, attention_mask, globals_, deterministic, output_attentions)
+            attentions.append(probs)
+            global_attentions.append(g_probs)
+        if output_hidden_states:
+            hidden.append(x)
+        return x, tuple(hidden), tuple(attentions), tuple(global_attentions)
+
+
+class LongformerPooler(nn.Module):
+    config: LongformerConfig
+
+    @nn.compact
+    def __call__(self, x):
+        return jnp.tanh(Dense(self.config.hidden_size, self.config, ("embed", "mlp"),
+                              name="dense")(x[:, 0]))
+
+
+# ----------------------------------------------------------------------------- input checks
+def _concrete(x) -> Optional[np.ndarray]:
+    """The value of x when it is known now (not traced under jit), else None."""
+    if x is None or isinstance(x, jax.core.Tracer):
+        return None
+    return np.asarray(x)
+
+
+def _check_shape(name: str, x, shape: tuple[int, ...]):
+    if x is not None and tuple(x.shape) != tuple(shape):
+        raise ValueError(f"{name} has shape {tuple(x.shape)} but the input has shape {tuple(shape)}")
+
+
+def classification_global_mask(input_ids: Array) -> Array:
+    """The reference's default for sequence classification: only token 0 (`<s>`) is global."""
+    return jnp.zeros(input_ids.shape, jnp.int32).at[..., 0].set(1)
+
+
+def _first_separator(input_ids: Array, sep_token_id: int, what: str) -> Array:
+    ids = _concrete(input_ids)
+    if ids is not None:
+        counts = (ids == sep_token_id).sum(-1).reshape(-1)
+        bad = np.flatnonzero(counts != 3)
+        if bad.size:
+            raise ValueError(
+                f"{what}: no global_attention_mask was given, so the default rule needs the layout "
+                f"`<s> question </s></s> context </s>` with exactly three separator tokens "
+                f"(id {sep_token_id}) per example; example {int(bad[0])} has {int(counts[bad[0]])}. "
+                f"Pass global_attention_mask explicitly for other layouts.")
+    return jnp.argmax(input_ids == sep_token_id, axis=-1)
+
+
+def question_answering_global_mask(input_ids: Array, sep_token_id: int) -> Array:
+    """The reference's QA default: every token before the first `</s>` (`<s>` and the question)."""
+    first = _first_separator(input_ids, sep_token_id, "question answering")
+    return (jnp.arange(input_ids.shape[-1]) < first[..., None]).astype(jnp.int32)
+
+
+def multiple_choice_global_mask(input_ids: Array, sep_token_id: int) -> Array:
+    """The reference's multiple-choice default: every token after the first `</s></s>` pair."""
+    first = _first_separator(input_ids, sep_token_id, "multiple choice")
+    return (jnp.arange(input_ids.shape[-1]) > first[..., None] + 1).astype(jnp.int32)
+
+
+def _pad_to(x, length: int, value):
+    if x is None or x.shape[1] == length:
+        return x
+    widths = [(0, 0)] * x.ndim
+    widths[1] = (0, length - x.shape[1])
+    return jnp.pad(x, widths, constant_values=value)
+
+
+# ----------------------------------------------------------------------------- the base model
+class LongformerModel(nn.Module):
+    """The bare encoder. `model.apply(params, input_ids, attention_mask=..., ...)`."""
+    config: LongformerConfig
+    add_pooling_layer: bool = True
+
+    @nn.compact
+    def __call__(self, input_ids=None, attention_mask=None, global_attention_mask=None,
+                 token_type_ids=None, position_ids=None, inputs_embeds=None,
+                 output_attentions=False, output_hidden_states=False, deterministic=True):
+        cfg = self.config
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("give exactly one of input_ids and inputs_embeds")
+        shape = tuple(input_ids.shape if input_ids is not None else inputs_embeds.shape[:-1])
+        if len(shape) != 2:
+            raise ValueError(f"input_ids must be (batch, length), got shape {shape}")
+        batch, length = shape
+        if length > cfg.max_sequence_length:
+            raise ValueError(
+                f"sequence length {length} is longer than the position table allows: "
+                f"max_position_embeddings={cfg.max_position_embeddings} holds "
+                f"{cfg.max_sequence_length} tokens (positions start at pad_token_id + 1)")
+        for name, x in (("attention_mask", attention_mask),
+                        ("global_attention_mask", global_attention_mask),
+                        ("token_type_ids", token_type_ids), ("position_ids", position_ids)):
+            _check_shape(name, x, shape)
+
+        attention_mask = (jnp.ones(shape, jnp.int32) if attention_mask is None
+                          else jnp.asarray(attention_mask).astype(jnp.int32))
+        global_mask = (jnp.zeros(shape, jnp.int32) if global_attention_mask is None
+                       else jnp.asarray(global_attention_mask).astype(jnp.int32))
+        token_type_ids = (jnp.zeros(shape, jnp.int32) if token_type_ids is None
+                          else jnp.asarray(token_type_ids))
+
+        # Pad to a multiple of the largest window, as the reference does; cut back at the end.
+        padded = -(-length // cfg.max_window) * cfg.max_window
+        attention_mask = _pad_to(attention_mask, padded, 0)
+        global_mask = _pad_to(global_mask, padded, 0)
+        token_type_ids = _pad_to(token_type_ids, padded, 0)
+        if input_ids is not None:
+            input_ids = _pad_to(jnp.asarray(input_ids), padded, cfg.pad_token_id)
+            if position_ids is None:
+                real = (input_ids != cfg.pad_token_id).astype(jnp.int32)
+                position_ids = jnp.cumsum(real, axis=1) * real + cfg.pad_token_id
+        else:
+            inputs_embeds = jnp.asarray(inputs_embeds)
+            inputs_embeds = _pad_to(inputs_embeds, padded, 0)  # padding is never attended to
+            if position_ids is None:
+                position_ids = jnp.broadcast_to(
+                    jnp.arange(length) + cfg.pad_token_id + 1, shape)
+        position_ids = _pad_to(jnp.asarray(position_ids), padded, cfg.pad_token_id)
+
+        x = LongformerEmbeddings(cfg, name="embeddings")(
+            input_ids, token_type_ids, position_ids, inputs_embeds, deterministic)
+
+        is_real = attention_mask > 0
+        is_global = is_real & (global_mask > 0)
+        globals_, overflow = None, jnp.zeros((batch,), bool)
+        known = _concrete(is_global)
+        if cfg.max_global_tokens > 0:
+            globals_ = attn_op.global_token_indices(is_global, cfg.max_global_tokens)
+            overflow = globals_.overflow
+        if known is not None and known.sum(1).max(initial=0) > cfg.max_global_tokens:
+            counts = known.sum(1)
+            raise ValueError(
+                f"example {int(counts.argmax())} asks for {int(counts.max())} global tokens but "
+                f"the budget is max_global_tokens={cfg.max_global_tokens}; raise it in the config")
+
+        x, hidden, attentions, global_attentions = LongformerEncoder(cfg, name="encoder")(
+            x, is_real, globals_, deterministic, output_attentions, output_hidden_states)
+        x = x[:, :length]
+        pooled = LongformerPooler(cfg, name="pooler")(x) if self.add_pooling_layer else None
+        return LongformerOutput(
+            last_hidden_state=x,
+            pooler_output=pooled,
+            hidden_states=tuple(h[:, :length] for h in hidden) if output_hidden_states else None,
+            attentions=(tuple(a[:, :, :length] for a in attentions)
+                        if output_attentions else None),
+            global_attentions=(tuple(g[:, :, :length] for g in global_attentions)
+                               if output_attentions and globals_ is not None else None),
+            global_overflow=overflow,
+        )
+
+    def _word_table(self):
+        return nn.meta.unbox(self.variables["params"]["embeddings"]["word_embeddings"]["embedding"])
+
+
+# ----------------------------------------------------------------------------- losses
+def masked_cross_entropy(logits: Array, labels: Array, ignore_index: int = -100) -> Array:
+    """Mean cross-entropy over labels != ignore_index (float32)."""
+    valid = labels != ignore_index
+    losses = optax.softmax_cross_entropy_with_integer_labels(
+        logits.astype(jnp.float32), jnp.where(valid, labels, 0))
+    return jnp.sum(jnp.where(valid, losses, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
+
+
+def _head_output(base: LongformerOutput, **fields) -> LongformerHeadOutput:
+    return LongformerHeadOutput(hidden_states=base.hidden_states, attentions=base.attentions,
+                                global_attentions=base.global_attentions,
+                                global_overflow=base.global_overflow, **fields)
+
+
+# ----------------------------------------------------------------------------- heads
+class LongformerForMaskedLM(nn.Module):
+    """MLM head: dense, gelu, LayerNorm, decoder tied to the word embeddings, separate bias."""
+    config: LongformerConfig
+
+    @nn.compact
+    def __call__(self, input_ids=None, attention_mask=None, global_attention_mask=None,
+                 token_type_ids=None, position_ids=None, inputs_embeds=None, labels=None,
+                 output_attentions=False, output_hidden_states=False, deterministic=True):
+        cfg = self.config
+        base = LongformerModel(cfg, add_pooling_layer=False, name="longformer")
+        out = base(input_ids, attention_mask, global_attention_mask, token_type_ids, position_ids,
+                   inputs_embeds, output_attentions, output_hidden_states, deterministic)
+        logits = _LMHead(cfg, name="lm_head")(out.last_hidden_state, base._word_table())
+        loss = masked_cross_entropy(logits, labels) if labels is not None else None
+        return _head_output(out, logits=logits, loss=loss)
+
+
+class _LMHead(nn.Module):
+    config: LongformerConfig
+
+    @nn.compact
+    def __call__(self, x, word_table):
+        cfg = self.config
+        h = Dense(cfg.hidden_size, cfg, ("embed", "mlp"), name="dense")(x)
+        h = LayerNorm(cfg, name="layer_norm")(jax.nn.gelu(h, approximate=False))
+        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)),
+                          (cfg.vocab_size,), cfg.params_dtype)
+        dtype = cfg.compute_dtype
+        return jnp.dot(h.astype(dtype), word_table.astype(dtype).T) + bias.astype(dtype)
+
+
+class LongformerForSequenceClassification(nn.Module):
+    """Classification on token 0, which is global unless a global_attention_mask is given."""
+    config: LongformerConfig
+
+    @nn.compact
+    def __call__(self, input_ids=None, attention_mask=None, global_attention_mask=None,
+                 token_type_ids=None, position_ids=None, inputs_embeds=None, labels=None,
+                 output_attentions=False, output_hidden_states=False, deterministic=True):
+        cfg = self.config
+        if global_attention_mask is None:
+            ref = input_ids if input_ids is not None else inputs_embeds[..., 0]
+            global_attention_mask = classification_global_mask(ref)
+        out = LongformerModel(cfg, add_pooling_layer=False, name="longformer")(
+            input_ids, attention_mask, global_attention_mask, token_type_ids, position_ids,
+            inputs_embeds, output_attentions, output_hidden_states, deterministic)
+        logits = _ClassificationHead(cfg, name="classifier")(out.last_hidden_state[:, 0],
+                                                              deterministic)
+        loss = None if labels is None else sequence_classification_loss(cfg, logits, labels)
+        return _head_output(out, logits=logits, loss=loss)
+
+
+class _ClassificationHead(nn.Module):
+    """dropout, dense, tanh, dropout, out_proj (no pooler), as the reference."""
+    config: LongformerConfig
+
+    @nn.compact
+    def __call__(self, x, deterministic):
+        cfg = self.config
+        drop = nn.Dropout(cfg.hidden_dropout_prob)
+        x = drop(x, deterministic=deterministic)
+        x = jnp.tanh(Dense(cfg.hidden_size, cfg, ("embed", "mlp"), name="dense")(x))
+        x = drop(x, deterministic=deterministic)
+        return Dense(cfg.num_labels, cfg, ("mlp", "classes"), name="out_proj")(x)
+
+
+def problem_type(config: LongformerConfig, labels: Array) -> str:
+    """The reference's rule when config.problem_type is unset."""
+    if config.problem_type:
+        return config.problem_type
+    if config.num_labels == 1:
+        return "regression"
+    if jnp.issubdtype(labels.dtype, jnp.integer):
+        return "single_label_classification"
+    return "multi_label_classification"
+
+
+def sequence_classification_loss(config: LongformerConfig, logits: Array, labels: Array) -> Array:
+    kind = problem_type(config, labels)
+    logits = logits.astype(jnp.float32)
+    if kind == "regression":
+        if config.num_labels == 1:
+            return jnp.mean((logits.reshape(-1) - labels.reshape(-1).astype(jnp.float32)) ** 2)
+        return jnp.mean((logits - labels.astype(jnp.float32)) ** 2)
+    if kind == "single_label_classification":
+        return masked_cross_entropy(logits.reshape(-1, config.num_labels), labels.reshape(-1))
+    if kind == "multi_label_classification":
+        return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, labels.astype(jnp.float32)))
+    raise ValueError(f"unknown problem_type {kind!r}")
+
+
+class LongformerForTokenClassification(nn.Module):
+    """dropout + linear per token; no default global attention."""
+    config: LongformerConfig
+
+    @nn.compact
+    def __call__(self, input_ids=None, attention_mask=None, global_attention_mask=None,
+                 token_type_ids=None, position_ids=None, inputs_embeds=None, labels=None,
+                 output_attentions=False, output_hidden_states=False, deterministic=True):
+        cfg = self.config
+        out = LongformerModel(cfg, add_pooling_layer=False, name="longformer")(
+            input_ids, attention_mask, global_attention_mask, token_type_ids, position_ids,
+            inputs_embeds, output_attentions, output_hidden_states, deterministic)
+        x = nn.Dropout(cfg.hidden_dropout_prob)(out.last_hidden_state, deterministic=deterministic)
+        logits = Dense(cfg.num_labels, cfg, ("embed", "classes"), name="classifier")(x)
+        loss = None if labels is None else masked_cross_entropy(logits, labels)
+        return _head_output(out, logits=logits, loss=loss)
+
+
+class LongformerForMultipleChoice(nn.Module):
+    """Inputs (batch, choices, length); one score per choice from the pooled token 0.
+
+    Default global attention, per choice, is the reference's: every token after the first
+    `</s></s>` pair.
+    """
+    config: LongformerConfig
+
+    @nn.compact
+    def __call__(self, input_ids=None, attention_mask=None, global_attention_mask=None,
+                 token_type_ids=None, position_ids=None, inputs_embeds=None, labels=None,
+                 output_attentions=False, output_hidden_states=False, deterministic=True):
+        cfg = self.config
+        ref = input_ids if input_ids is not None else inputs_embeds[..., 0]
+        if ref.ndim != 3:
+            raise ValueError(f"multiple choice inputs must be (batch, choices, length), "
+                             f"got shape {tuple(ref.shape)}")
+        batch, choices, length = ref.shape
+        if global_attention_mask is None and input_ids is not None:
+            global_attention_mask = multiple_choice_global_mask(input_ids, cfg.sep_token_id)
+
+        def flat(x):
+            return None if x is None else jnp.asarray(x).reshape((batch * choices,) + x.shape[2:])
+
+        out = LongformerModel(cfg, add_pooling_layer=True, name="longformer")(
+            flat(input_ids), flat(attention_mask), flat(global_attention_mask),
+            flat(token_type_ids), flat(position_ids), flat(inputs_embeds), output_attentions,
+            output_hidden_states, deterministic)
+        x = nn.Dropout(cfg.hidden_dropout_prob)(out.pooler_output, deterministic=deterministic)
+        logits = Dense(1, cfg, ("embed", "classes"), name="classifier")(x).reshape(batch, choices)
+        loss = None if labels is None else masked_cross_entropy(logits, labels)
+        return _head_output(out, logits=logits, loss=loss)
+
+
+class LongformerForQuestionAnswering(nn.Module):
+    """Start/end logits; default global attention on `<s>` and the question (before `</s>`)."""
+    config: LongformerConfig
+
+    @nn.compact
+    def __call__(self, input_ids=None, attention_mask=None, global_attention_mask=None,
+                 token_type_ids=None, position_ids=None, inputs_embeds=None,
+                 start_positions=None, end_positions=None, output_attentions=False,
+                 output_hidden_states=False, deterministic=True):
+        cfg = self.config
+        if global_attention_mask is None and input_ids is not None:
+            global_attention_mask = question_answering_global_mask(input_ids, cfg.sep_token_id)
+        out = LongformerModel(cfg, add_pooling_layer=False, name="longformer")(
+            input_ids, attention_mask, global_attention_mask, token_type_ids, position_ids,
+            inputs_embeds, output_attentions, output_hidden_states, deterministic)
+        logits = Dense(cfg.num_labels, cfg, ("embed", "classes"), name="qa_outputs")(
+            out.last_hidden_state)
+        start, end = logits[..., 0], logits[..., 1]
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            loss = question_answering_loss(start, end, start_positions, end_positions)
+        return _head_output(out, start_logits=start, end_logits=end, loss=loss)
+
+
+def question_answering_loss(start_logits, end_logits, start_positions, end_positions):
+    """Mean of the start and end cross-entropies; positions outside the input are ignored."""
+    length = start_logits.shape[-1]
+
+    def one(logits, positions):
+        positions = jnp.clip(jnp.asarray(positions).reshape(-1), 0, length)
+        return masked_cross_entropy(logits, positions, ignore_index=length)
+
+    return (one(start_logits, start_positions) + one(end_logits, end_positions)) / 2
+
+
+MODEL_CLASSES = {
+    "LongformerModel": LongformerModel,
+    "LongformerForMaskedLM": LongformerForMaskedLM,
+    "LongformerForSequenceClassification": LongformerForSequenceClassification,
+    "LongformerForTokenClassification": LongformerForTokenClassification,
+    "LongformerForMultipleChoice": LongformerForMultipleChoice,
+    "LongformerForQuestionAnswering": LongformerForQuestionAnswering,
+}
