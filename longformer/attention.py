@@ -107,6 +107,105 @@ def _masked_softmax(scores: list[jax.Array], valid: list[jax.Array]) -> list[jax
     return [e * inv for e in expd]
 
 
+_MAX_ALIGNED_PIECES = 9  # above this many key blocks per query block, the window copy wins
+
+
+def _aligned(left: int, right: int, block: int) -> bool:
+    """Whether `_band_attention_aligned` applies: the block divides both extents of the window."""
+    return (left % block == 0 and right % block == 0
+            and (left + right) // block + 1 <= _MAX_ALIGNED_PIECES)
+
+
+def _band_attention_aligned(q, k, v, key_mask, *, left, right, block, query_mask, extra_k,
+                                                        extra_v, extra_mask, dropout_rate, dropout_rng,
+                                                        return_probs):
+    """`band_attention` when `block` divides `left` and `right`.
+
+    Query block i then sees exactly the key blocks i - left/block .. i + right/block, so keys and
+    values are cut into blocks once (a reshape, no overlapping windows copied) and the scores
+    against each neighbouring block are their own batched matmul. The pieces share one softmax.
+    Everything runs head-major, (B, H, blocks, block, D), the layout the matmuls want.
+    """
+    batch, length, heads, dim = q.shape
+    num_blocks = -(-length // block)
+    padded = num_blocks * block
+    tail = padded - length
+    before, after = left // block, right // block
+    pieces = before + after + 1
+
+    def head_blocks(x, lead, trail):  # (B, N, H, D) -> (B, H, lead + nb + trail, block, D)
+        x = jnp.pad(x, ((0, 0), (lead * block, tail + trail * block), (0, 0), (0, 0)))
+        return x.reshape(batch, -1, block, heads, dim).transpose(0, 3, 1, 2, 4)
+
+    q_blocks = head_blocks(q, 0, 0)
+    k_blocks = head_blocks(k, before, after)
+    v_blocks = head_blocks(v, before, after)
+    m_blocks = jnp.pad(key_mask.astype(bool), ((0, 0), (left, tail + right))).reshape(
+            batch, -1, block)
+    rel = jnp.arange(block)[None, :] - jnp.arange(block)[:, None]  # key - query inside a block
+
+    all_scores, all_valid = [], []
+    if extra_k is not None:
+        all_scores.append(jnp.einsum("bhncd,bghd->bhncg", q_blocks, extra_k,
+                                                                  preferred_element_type=jnp.float32))
+        all_valid.append(extra_mask.astype(bool)[:, None, None, None, :])
+    for j in range(pieces):
+        offset = rel + (j - before) * block  # key - query
+        in_band = (offset >= -left) & (offset <= right)
+        keys = k_blocks[:, :, j:j + num_blocks]
+        all_scores.append(jnp.einsum("bhncd,bhnsd->bhncs", q_blocks, keys,
+                                                                  preferred_element_type=jnp.float32))
+        all_valid.append(in_band[None, None, None] & m_blocks[:, None, j:j + num_blocks, None, :])
+    # Softmax with the normalisation moved after the value matmul: the exponentials feed the
+    # matmuls as they are and the (rows, D) result is scaled, saving a pass over the weights.
+    expd, inv = _masked_exp(all_scores, all_valid)
+    if query_mask is not None:
+        q_ok = jnp.pad(query_mask.astype(bool), ((0, 0), (0, tail)))
+        inv = jnp.where(q_ok.reshape(batch, 1, num_blocks, block, 1), inv, 0.0)
+    used = expd
+    if dropout_rate > 0.0 and dropout_rng is not None:
+        rngs = jax.random.split(dropout_rng, len(expd))
+        used = [_dropout(e, dropout_rate, r) for e, r in zip(expd, rngs)]
+
+    band_used = used[1:] if extra_k is not None else used
+    out = None
+    for j, e in enumerate(band_used):
+        part = jnp.einsum("bhncs,bhnsd->bhncd", e.astype(v.dtype),
+                                          v_blocks[:, :, j:j + num_blocks], preferred_element_type=jnp.float32)
+        out = part if out is None else out + part
+    if extra_k is not None:
+        out = out + jnp.einsum("bhncg,bghd->bhncd", used[0].astype(v.dtype), extra_v,
+                                                      preferred_element_type=jnp.float32)
+    out = out * inv
+    out = out.transpose(0, 2, 3, 1, 4).reshape(batch, padded, heads, dim)[:, :length]
+    out = out.astype(v.dtype)
+    if not return_probs:
+        return out
+
+    weights = [e * inv for e in expd]
+    # Column P of the concatenated pieces is offset P - row - left: band column t is P = row + t.
+    band_weights = weights[1:] if extra_k is not None else weights
+    joined = jnp.concatenate(band_weights, axis=-1)  # (B, H, nb, c, pieces * block)
+    width = left + right + 1
+    take = jnp.arange(block)[:, None] + jnp.arange(width)[None, :]
+    band = jnp.take_along_axis(joined, take[None, None, None], axis=-1)
+    band = band.reshape(batch, heads, padded, width)[:, :, :length]
+    if extra_k is not None:
+        g = weights[0].reshape(batch, heads, padded, -1)[:, :, :length]
+        band = jnp.concatenate([g, band], axis=-1)
+    return out, band
+
+
+def _masked_exp(scores: list[jax.Array], valid: list[jax.Array]):
+    """Unnormalised `_masked_softmax`: the masked exponentials and 1 / their row sum (0 rows: 1)."""
+    scores = [jnp.where(m, s.astype(jnp.float32), _NEG) for s, m in zip(scores, valid)]
+    peak = functools.reduce(jnp.maximum, [jnp.max(s, axis=-1, keepdims=True) for s in scores])
+    peak = lax.stop_gradient(peak)
+    expd = [jnp.where(m, jnp.exp(s - peak), 0.0) for s, m in zip(scores, valid)]
+    total = functools.reduce(jnp.add, [jnp.sum(e, axis=-1, keepdims=True) for e in expd])
+    return expd, 1.0 / jnp.where(total > 0, total, 1.0)
+
+
 def band_attention(
         q: jax.Array,
         k: jax.Array,
@@ -142,6 +241,11 @@ def band_attention(
     """
     batch, length, heads, dim = q.shape
     block = block or default_block_size(left, right, length)
+    if _aligned(left, right, block):
+        return _band_attention_aligned(
+                q, k, v, key_mask, left=left, right=right, block=block, query_mask=query_mask,
+                extra_k=extra_k, extra_v=extra_v, extra_mask=extra_mask, dropout_rate=dropout_rate,
+                dropout_rng=dropout_rng, return_probs=return_probs)
     num_blocks = -(-length // block)
     padded = num_blocks * block
     span = block + left + right
@@ -274,3 +378,55 @@ def longformer_attention(
     local_probs = jnp.where(is_global[:, None, :, None], 0.0, local_probs)
     g_probs = jnp.where(globals_.valid[:, None, :, None], g_probs, 0.0)
     return out, local_probs, g_probs.transpose(0, 1, 3, 2)
+
+
+def dense_longformer_attention(
+        q: jax.Array,
+        k: jax.Array,
+        v: jax.Array,
+        attention_mask: jax.Array,
+        *,
+        left: int,
+        right: int,
+        globals_: GlobalIndices | None = None,
+        q_global: jax.Array | None = None,
+        k_global: jax.Array | None = None,
+        v_global: jax.Array | None = None,
+        block: int | None = None,
+        dropout_rate: float = 0.0,
+        dropout_rng: jax.Array | None = None,
+        return_probs: bool = False,
+):
+    """`longformer_attention` computed densely with an (N, N) mask: a BASELINE for benchmarks.
+
+    Same arguments and results (without `return_probs`), but O(N^2) time and memory: the
+    full-attention cost that the banded op avoids. `block` is ignored.
+    """
+    del block
+    if return_probs:
+        raise ValueError("the dense baseline does not return attention weights")
+    attention_mask = attention_mask.astype(bool)
+    length = q.shape[1]
+    use_global = globals_ is not None and globals_.index.shape[1] > 0
+    rngs = (jax.random.split(dropout_rng) if dropout_rng is not None else (None, None))
+    i = jnp.arange(length)
+    band = (i[None, :] >= i[:, None] - left) & (i[None, :] <= i[:, None] + right)  # (N, N)
+    keys = attention_mask
+    if use_global:
+        is_global = scatter_rows(jnp.zeros(attention_mask.shape, bool), globals_.index,
+                                 globals_.valid, jnp.ones(globals_.index.shape, bool))
+        keys = attention_mask & ~is_global
+    mask = band[None] & keys[:, None, :]
+    if use_global:
+        mask = mask | is_global[:, None, :]
+    scores = jnp.einsum("bihd,bjhd->bhij", q, k, preferred_element_type=jnp.float32)
+    (probs,) = _masked_softmax([scores], [mask[:, None]])
+    probs = jnp.where(attention_mask[:, None, :, None], probs, 0.0)
+    probs = _dropout(probs, dropout_rate, rngs[0])
+    out = jnp.einsum("bhij,bjhd->bihd", probs.astype(v.dtype), v,
+                     preferred_element_type=jnp.float32).astype(v.dtype)
+    if not use_global:
+        return out
+    g_out, _ = global_attention(q_global, k_global, v_global, attention_mask,
+                                dropout_rate=dropout_rate, dropout_rng=rngs[1])
+    return scatter_rows(out, globals_.index, globals_.valid, g_out)

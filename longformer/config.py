@@ -23,6 +23,7 @@ _HF_FIELDS = (
         "bos_token_id", "eos_token_id", "sep_token_id", "num_labels", "problem_type",
 )
 
+ATTENTION_IMPLS = ("banded", "dense")
 REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu", "swish", "tanh")
 
@@ -57,6 +58,7 @@ class LongformerConfig:
     max_global_tokens: int = 64  # static per-example budget of global tokens; 0 removes the global path
     remat: str = "none"  # rematerialisation policy per layer: none | full | dots | dots_no_batch
     attention_block_size: int = 0  # query block of the banded op; 0 picks one from the window
+    attention_impl: str = "banded"  # 'banded' | 'dense' (O(N^2) masked attention: a benchmark baseline)
 
     def __post_init__(self):
         window = self.attention_window
@@ -95,6 +97,8 @@ class LongformerConfig:
             fail(f"remat {self.remat!r} is not one of {REMAT_POLICIES}")
         if self.max_global_tokens < 0:
             fail(f"max_global_tokens must be >= 0, got {self.max_global_tokens}")
+        if self.attention_impl not in ATTENTION_IMPLS:
+            fail(f"attention_impl {self.attention_impl!r} is not one of {ATTENTION_IMPLS}")
         if self.attention_block_size < 0:
             fail(f"attention_block_size must be >= 0, got {self.attention_block_size}")
         for name in ("dtype", "param_dtype"):

@@ -76,7 +76,8 @@ def init_params(model: nn.Module, rng: jax.Array, *, boxed: bool = False) -> dic
     multiple_choice = model.__class__.__name__.endswith("MultipleChoice")
     shape = (1, 2, cfg.max_window) if multiple_choice else (1, cfg.max_window)
     ids = jnp.zeros(shape, jnp.int32)
-    variables = model.init(rng, ids, global_attention_mask=jnp.zeros_like(ids))
+    variables = jax.jit(lambda r: model.init(r, ids, global_attention_mask=jnp.zeros_like(ids)))(
+        rng)
     return variables if boxed else nn.meta.unbox(variables)
 
 
@@ -129,8 +130,8 @@ def params_from_state_dict(
     """Maps a torch state dict onto `model`'s parameter tree.
 
     Encoder parameters must all be present and every shape must match
-    (`CheckpointMismatchError` otherwise); head parameters missing from the checkpoint (a new task)
-    are freshly initialised. Returns the params and a report {'loaded', 'initialised',
+    (`CheckpointMismatchError` otherwise); head and pooler parameters missing from the checkpoint
+    (a new task) are freshly initialised. Returns the params and a report {'loaded', 'initialised',
     'unexpected'}.
     """
     expected = abstract_params(model)
@@ -141,8 +142,9 @@ def params_from_state_dict(
         name, transpose = torch_name(path)
         key = by_name.pop(_canonical(name), None)
         if key is None:
-            (initialised if not _canonical(name).startswith(_ENCODER_ROOTS) else missing).append(
-                name)
+            # Heads and the pooler may be new for this task; the encoder itself may not.
+            is_encoder = _canonical(name).startswith(("embeddings.", "encoder."))
+            (missing if is_encoder else initialised).append(name)
             continue
         array = np.asarray(state[key])
         array = array.T if transpose else array
@@ -212,8 +214,5 @@ def save_hf_checkpoint(path: str | os.PathLike, model: nn.Module, params: Mappin
     path = os.fspath(path)
     os.makedirs(path, exist_ok=True)
     model.config.save_pretrained(path, architectures=[model.__class__.__name__])
-    state = state_dict_from_params(params)
-    if "longformer.embeddings.word_embeddings.weight" in state and "lm_head.bias" in state:
-        # The decoder is tied to the word embeddings; transformers re-ties it on load.
-        state["lm_head.decoder.bias"] = state["lm_head.bias"]
+    state = state_dict_from_params(params)  # the tied decoder is re-tied by transformers on load
     save_file(state, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})

@@ -192,7 +192,9 @@ class LongformerSelfAttention(nn.Module):
 
         rate = cfg.attention_probs_dropout_prob
         rng = None if deterministic or rate == 0.0 else self.make_rng("dropout")
-        result = attn_op.longformer_attention(
+        op = (attn_op.longformer_attention if cfg.attention_impl == "banded"
+              else attn_op.dense_longformer_attention)
+        result = op(
             q, proj["key"], proj["value"], attention_mask, left=window // 2, right=window // 2,
             globals_=globals_, q_global=q_global, k_global=k_global, v_global=v_global,
             block=cfg.attention_block_size or None, dropout_rate=rate, dropout_rng=rng,

@@ -1,0 +1,61 @@
+"""MLM pretraining of Longformer-base: the paper's recipe.
+
+Continued from RoBERTa-base (converted on the fly: positions copied to 4096, global projections
+copied from the local ones), sequence 4096, window 512 in every layer (total window, the Hugging
+Face convention: 256 keys each side), batch 64 sequences = 2^18 tokens, AdamW at peak 3e-5 with
+500 linear warm-up steps then power-3 polynomial decay over 65K steps.
+
+    python train.py --config=configs/mlm_base.py --workdir=runs/mlm_base \
+        --config.init_from=/path/to/roberta-base --config.data.train_files='corpus/*.jsonl'
+
+Without `init_from` the model starts from random weights. Any field can be overridden, e.g.
+`--config.optimizer.learning_rate=1e-4 --config.model.attention_window=256`.
+"""
+
+import ml_collections
+
+from longformer import data
+
+
+def get_config():
+    c = ml_collections.ConfigDict()
+    c.task = "mlm"
+    c.seed = 0
+    # A transformers-format folder: a RoBERTa checkpoint (converted the authors' way) or a
+    # Longformer one. '' starts from random weights.
+    c.init_from = ""
+    c.tokenizer = ""  # folder with tokenizer files; '' uses init_from's or trains one on the data
+
+    # type_safe=False: attention_window may be an int or a per-layer tuple.
+    c.model = ml_collections.ConfigDict(type_safe=False, initial_dictionary=dict(
+        vocab_size=50265, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+        intermediate_size=3072, hidden_act="gelu", hidden_dropout_prob=0.1,
+        attention_probs_dropout_prob=0.1, max_position_embeddings=4098, type_vocab_size=1,
+        initializer_range=0.02, layer_norm_eps=1e-5,
+        # One total window per layer; `--config.model.attention_window=256` sets every layer.
+        attention_window=(512,) * 12,
+        pad_token_id=1, bos_token_id=0, eos_token_id=2, sep_token_id=2,
+        dtype="float32", param_dtype="float32", max_global_tokens=0, remat="none",
+        attention_block_size=0))
+
+    c.data = data.default_data_config()
+    c.data.seq_len = 4096
+
+    c.batch_size = 64  # global, in sequences; split into grad_accum_steps micro-batches
+    c.grad_accum_steps = 32  # 2 sequences per micro-batch, as in the authors' notebook
+    c.total_steps = 65_000
+    c.stop_after_steps = 0  # stop (with a checkpoint) after this step; 0 runs to total_steps
+
+    c.optimizer = ml_collections.ConfigDict(dict(
+        learning_rate=3e-5, b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.01, grad_clip_norm=5.0))
+    c.schedule = ml_collections.ConfigDict(dict(warmup_steps=500, power=3.0, end_learning_rate=0.0))
+
+    # data x fsdp x tensor; one -1 fills the remaining devices.
+    c.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1)))
+    c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3, async_save=True))
+    c.logging = ml_collections.ConfigDict(dict(every_steps=10, eval_every_steps=1000,
+                                               eval_batches=0))  # 0: the whole held-out split
+    # Multi-host: jax.distributed.initialize(); empty fields are auto-detected on TPU/SLURM.
+    c.distributed = ml_collections.ConfigDict(dict(
+        enabled=False, coordinator_address="", num_processes=0, process_id=-1))
+    return c
