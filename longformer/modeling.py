@@ -8,7 +8,7 @@ The attention math lives in `attention.py`; modules here only hold parameters an
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Optional
 
 import flax
 import flax.linen as nn

@@ -145,11 +145,13 @@ SHARDING_PROBE = r"""
 import json, sys, jax
 from jax.sharding import PartitionSpec as P
 from longformer import train_lib, sharding
+from longformer.modeling import LongformerForMaskedLM
+from longformer.tasks.mlm import model_config
 from configs import mlm_tiny
 c = mlm_tiny.get_config()
 c.mesh.shape = (2, 2, 2)
 c.total_steps = 1
-model = train_lib.LongformerForMaskedLM(train_lib.model_config(c))
+model = LongformerForMaskedLM(model_config(c))
 mesh = sharding.make_mesh(c.mesh.shape)
 state, sh = train_lib.create_train_state(model, train_lib.make_optimizer(c), mesh, jax.random.key(0))
 flat = jax.tree_util.tree_flatten_with_path(state["params"])[0]
