@@ -25,5 +25,7 @@ __all__ = [
 ]
 
 from longformer.hf_checkpoint import load_hf_checkpoint, save_hf_checkpoint  # noqa: E402
+from longformer.tokenizer import LongformerTokenizer, LongformerTokenizerFast  # noqa: E402
 
-__all__ += ["load_hf_checkpoint", "save_hf_checkpoint"]
+__all__ += ["load_hf_checkpoint", "save_hf_checkpoint", "LongformerTokenizer",
+            "LongformerTokenizerFast"]

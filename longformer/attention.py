@@ -21,6 +21,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 _NEG = -1e30  # finite stand-in for -inf: keeps masked rows NaN-free in values and gradients
@@ -331,6 +332,7 @@ def longformer_attention(
         *,
         left: int,
         right: int,
+        dilation: int | tuple[int, ...] = 1,
         globals_: GlobalIndices | None = None,
         q_global: jax.Array | None = None,
         k_global: jax.Array | None = None,
@@ -345,26 +347,34 @@ def longformer_attention(
     Args:
         q, k, v: (B, N, H, D) local projections (q scaled).
         attention_mask: (B, N) bool, True for real (non-padding) tokens.
+        dilation: of the band, an int or one per head (`dilated_band_attention`); global columns
+            and rows are not dilated.
         globals_: slots of the global tokens (None or a zero budget: local attention only).
         q_global: (B, G, H, D) `query_global` of the global tokens (scaled);
         k_global, v_global: (B, N, H, D) `key_global` / `value_global` of every token.
 
-    Returns out (B, N, H, D); with return_probs also (local weights (B, H, N, G + left + right + 1)
-    with global rows zeroed, global weights (B, H, N, G) or None).
+    Returns out (B, N, H, D); with return_probs (out, local weights (B, H, N, G + left + right + 1)
+    with global rows zeroed, global weights (B, H, N, G) or None without global tokens).
     """
     attention_mask = attention_mask.astype(bool)
     use_global = globals_ is not None and globals_.index.shape[1] > 0
     rngs = (jax.random.split(dropout_rng) if dropout_rng is not None else (None, None))
     if not use_global:
-        return band_attention(q, k, v, attention_mask, left=left, right=right,
-                                                    query_mask=attention_mask, block=block, dropout_rate=dropout_rate,
-                                                    dropout_rng=rngs[0], return_probs=return_probs)
+        result = dilated_band_attention(q, k, v, attention_mask, left=left, right=right,
+                                        dilation=dilation, query_mask=attention_mask, block=block,
+                                        dropout_rate=dropout_rate, dropout_rng=rngs[0],
+                                        return_probs=return_probs)
+        return (*result, None) if return_probs else result
 
+    # A padding token is never global, whatever the slots say.
+    valid = globals_.valid & gather_rows(attention_mask, globals_.index)
+    globals_ = globals_._replace(valid=valid)
     # Global tokens leave the band (they come back as the extra columns, counted once).
-    is_global = scatter_rows(jnp.zeros(attention_mask.shape, bool), globals_.index, globals_.valid,
-                                                      jnp.ones(globals_.index.shape, bool))
-    result = band_attention(
-            q, k, v, attention_mask & ~is_global, left=left, right=right, query_mask=attention_mask,
+    is_global = scatter_rows(jnp.zeros(attention_mask.shape, bool), globals_.index, valid,
+                             jnp.ones(globals_.index.shape, bool))
+    result = dilated_band_attention(
+            q, k, v, attention_mask & ~is_global, left=left, right=right, dilation=dilation,
+            query_mask=attention_mask,
             extra_k=gather_rows(k, globals_.index), extra_v=gather_rows(v, globals_.index),
             extra_mask=globals_.valid, block=block, dropout_rate=dropout_rate, dropout_rng=rngs[0],
             return_probs=return_probs)
@@ -430,3 +440,129 @@ def dense_longformer_attention(
     g_out, _ = global_attention(q_global, k_global, v_global, attention_mask,
                                 dropout_rate=dropout_rate, dropout_rng=rngs[1])
     return scatter_rows(out, globals_.index, globals_.valid, g_out)
+
+
+# ----------------------------------------------------------------------------- dilation
+def layer_dilation(dilation, heads: int) -> tuple[int, ...]:
+    """An int or one int per head -> one positive int per head."""
+    per_head = (int(dilation),) * heads if isinstance(dilation, int) else tuple(map(int, dilation))
+    if len(per_head) != heads or min(per_head) < 1:
+        raise ValueError(f"dilation {dilation!r}: give a positive int or one per head ({heads})")
+    return per_head
+
+
+def _interleave(x: jax.Array, dilation: int) -> jax.Array:
+    """(B, N, ...) -> (B * d, ceil(N / d), ...): row b * d + r holds positions r, r + d, r + 2d...
+
+    The tail is padded with zeros (False for masks), so padded keys are never visible.
+    """
+    batch, length = x.shape[:2]
+    sub = -(-length // dilation)
+    x = jnp.pad(x, [(0, 0), (0, sub * dilation - length)] + [(0, 0)] * (x.ndim - 2))
+    x = jnp.swapaxes(x.reshape((batch, sub, dilation) + x.shape[2:]), 1, 2)
+    return x.reshape((batch * dilation, sub) + x.shape[3:])
+
+
+def _deinterleave(x: jax.Array, dilation: int, length: int, axis: int = 1) -> jax.Array:
+    """The inverse of `_interleave` for an array whose position axis is `axis` (1 or 2)."""
+    x = x.reshape((x.shape[0] // dilation, dilation) + x.shape[1:])  # (B, d, ..., sub, ...)
+    x = jnp.moveaxis(x, 1, axis + 1)  # (B, ..., sub, d, ...)
+    shape = x.shape[:axis] + (x.shape[axis] * dilation,) + x.shape[axis + 2:]
+    return lax.slice_in_dim(x.reshape(shape), 0, length, axis=axis)
+
+
+def _take_heads(x: jax.Array | None, heads: list[int]) -> jax.Array | None:
+    if x is None:
+        return None
+    if heads == list(range(heads[0], heads[-1] + 1)):
+        return x[:, :, heads[0]:heads[-1] + 1]  # a contiguous run: a slice, not a gather
+    return x[:, :, np.asarray(heads)]
+
+
+def _dilated_band_one(q, k, v, key_mask, *, left, right, dilation, query_mask, extra_k, extra_v,
+                      extra_mask, block, dropout_rate, dropout_rng, return_probs):
+    """`dilated_band_attention` with one dilation for every head given."""
+    length = q.shape[1]
+    if not return_probs:  # keys past either end do not exist: a shorter band is the same band
+        longest = -(-length // dilation) - 1
+        left, right = min(left, longest), min(right, longest)
+    if dilation == 1:
+        return band_attention(q, k, v, key_mask, left=left, right=right, query_mask=query_mask,
+                              extra_k=extra_k, extra_v=extra_v, extra_mask=extra_mask,
+                              block=block, dropout_rate=dropout_rate, dropout_rng=dropout_rng,
+                              return_probs=return_probs)
+
+    def per_example(x):  # the extra (global) keys are shared by an example's d subsequences
+        return None if x is None else jnp.repeat(x, dilation, axis=0)
+
+    result = band_attention(
+        _interleave(q, dilation), _interleave(k, dilation), _interleave(v, dilation),
+        _interleave(key_mask.astype(bool), dilation), left=left, right=right,
+        query_mask=None if query_mask is None else _interleave(query_mask.astype(bool), dilation),
+        extra_k=per_example(extra_k), extra_v=per_example(extra_v),
+        extra_mask=per_example(extra_mask), block=block, dropout_rate=dropout_rate,
+        dropout_rng=dropout_rng, return_probs=return_probs)
+    if not return_probs:
+        return _deinterleave(result, dilation, length)
+    out, probs = result
+    return _deinterleave(out, dilation, length), _deinterleave(probs, dilation, length, axis=2)
+
+
+def dilated_band_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    key_mask: jax.Array,
+    *,
+    left: int,
+    right: int,
+    dilation: int | tuple[int, ...] = 1,
+    query_mask: jax.Array | None = None,
+    extra_k: jax.Array | None = None,
+    extra_v: jax.Array | None = None,
+    extra_mask: jax.Array | None = None,
+    block: int | None = None,
+    dropout_rate: float = 0.0,
+    dropout_rng: jax.Array | None = None,
+    return_probs: bool = False,
+):
+    """`band_attention` with dilation d: query i sees keys i - left*d, ..., i - d, i, i + d, ...
+    up to i + right*d (and the extra columns, as before).
+
+    Why no new kernel: every key a query sees shares its residue mod d, so a dilated band is the
+    ordinary band run on each of the d interleaved subsequences (positions r, r + d, r + 2d, ...),
+    stacked on the batch axis. Cost stays O(N * (left + right)), nothing is N x N, and gradients
+    are exact because the same op computes them. `dilation` is an int or one per head; heads are
+    grouped by value and each group is one call. Extents beyond the sequence are clipped (a
+    window longer than the sequence sees the whole of it), so over-long windows cost nothing.
+
+    Same arguments and results as `band_attention`; with `return_probs` band column t holds the
+    weight of offset (t - left) * d.
+    """
+    heads = q.shape[2]
+    per_head = layer_dilation(dilation, heads)
+    kwargs = dict(left=left, right=right, query_mask=query_mask, extra_mask=extra_mask,
+                  block=block, dropout_rate=dropout_rate, return_probs=return_probs)
+    groups = sorted(set(per_head))
+    if len(groups) == 1:
+        return _dilated_band_one(q, k, v, key_mask, dilation=groups[0], extra_k=extra_k,
+                                 extra_v=extra_v, dropout_rng=dropout_rng, **kwargs)
+
+    rngs = (jax.random.split(dropout_rng, len(groups)) if dropout_rng is not None
+            else [None] * len(groups))
+    order, outs, probs = [], [], []
+    for d, rng in zip(groups, rngs):
+        idx = [h for h in range(heads) if per_head[h] == d]
+        order += idx
+        result = _dilated_band_one(
+            _take_heads(q, idx), _take_heads(k, idx), _take_heads(v, idx), key_mask, dilation=d,
+            extra_k=_take_heads(extra_k, idx), extra_v=_take_heads(extra_v, idx),
+            dropout_rng=rng, **kwargs)
+        out, p = result if return_probs else (result, None)
+        outs.append(out)
+        probs.append(p)
+    inverse = np.argsort(order)
+    out = jnp.concatenate(outs, axis=2)[:, :, inverse]
+    if not return_probs:
+        return out
+    return out, jnp.concatenate(probs, axis=1)[:, inverse]

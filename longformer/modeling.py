@@ -8,6 +8,7 @@ The attention math lives in `attention.py`; modules here only hold parameters an
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import flax
@@ -165,7 +166,7 @@ class LongformerSelfAttention(nn.Module):
         cfg = self.config
         batch, length, hidden = x.shape
         heads, dim = cfg.num_attention_heads, cfg.head_dim
-        window = cfg.layer_windows[self.layer_index]
+        left, right = cfg.layer_extents[self.layer_index]  # (w/2, w/2), or (w, 0) when causal
         use_global = globals_ is not None
         dtype = cfg.compute_dtype
 
@@ -192,19 +193,17 @@ class LongformerSelfAttention(nn.Module):
 
         rate = cfg.attention_probs_dropout_prob
         rng = None if deterministic or rate == 0.0 else self.make_rng("dropout")
-        op = (attn_op.longformer_attention if cfg.attention_impl == "banded"
-              else attn_op.dense_longformer_attention)
+        op = (functools.partial(attn_op.longformer_attention,
+                                dilation=cfg.layer_dilations[self.layer_index])
+              if cfg.attention_impl == "banded" else attn_op.dense_longformer_attention)
         result = op(
-            q, proj["key"], proj["value"], attention_mask, left=window // 2, right=window // 2,
+            q, proj["key"], proj["value"], attention_mask, left=left, right=right,
             globals_=globals_, q_global=q_global, k_global=k_global, v_global=v_global,
             block=cfg.attention_block_size or None, dropout_rate=rate, dropout_rng=rng,
             return_probs=output_attentions)
         if not output_attentions:
             return result.reshape(batch, length, hidden), None, None
-        if use_global:
-            out, probs, g_probs = result
-        else:
-            (out, probs), g_probs = result, None
+        out, probs, g_probs = result
         return out.reshape(batch, length, hidden), probs, g_probs
 
 
