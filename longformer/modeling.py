@@ -214,7 +214,7 @@ class LongformerLayer(nn.Module):
     @nn.compact
     def __call__(self, x, attention_mask, globals_, deterministic=True, output_attentions=False):
         cfg = self.config
-        x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
+        x = nn.with_logical_constraint(x, ("batch", "length", None))  # hidden size replicated
         a, probs, g_probs = _AttentionBlock(cfg, self.layer_index, name="attention")(
             x, attention_mask, globals_, deterministic, output_attentions)
         h = _Intermediate(cfg, name="intermediate")(a)

@@ -8,6 +8,7 @@ runs on any mesh.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any, Sequence
 
@@ -30,6 +31,13 @@ DEFAULT_RULES = (
     ("norm", None),
     ("classes", None),
 )
+
+
+@contextlib.contextmanager
+def activation_context(mesh: Mesh, rules=DEFAULT_RULES):
+    """While tracing: the mesh and rules that `nn.with_logical_constraint` on activations needs."""
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        yield
 
 
 def mesh_shape(shape: Sequence[int], num_devices: int) -> tuple[int, ...]:

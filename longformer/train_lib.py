@@ -263,7 +263,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     example = {k: jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sh)
                for k, (shape, dtype) in task.batch_spec.items()}
     t0 = time.time()
-    compiled = step_fn.lower(state, example, dropout_rng).compile()
+    with sharding.activation_context(mesh):
+        compiled = step_fn.lower(state, example, dropout_rng).compile()
     log.info("train step compiled in %.1f s", time.time() - t0)
     print_memory_analysis(compiled, "train step")
 
@@ -327,8 +328,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 t_window = time.time()
             if task.eval_data is not None and (done % config.logging.eval_every_steps == 0
                                                or done == end):
-                ev = evaluate(eval_fn, state["params"], task.eval_data, batch_sh,
-                              task.summarize, config.logging.eval_batches)
+                with sharding.activation_context(mesh):
+                    ev = evaluate(eval_fn, state["params"], task.eval_data, batch_sh,
+                                  task.summarize, config.logging.eval_batches)
                 if ev:
                     log.info("eval at step %d | %s", done,
                              " | ".join(f"{k} {v:.4g}" for k, v in ev.items()))
