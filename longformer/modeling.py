@@ -263,13 +263,34 @@ _REMAT_POLICIES = {
 }
 
 
+def _layer_runs(windows: tuple[int, ...]) -> list[tuple[int, int]]:
+    """(first layer, count) of each run of consecutive layers with the same window."""
+    runs = []
+    for i, w in enumerate(windows):
+        if runs and windows[runs[-1][0]] == w:
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+        else:
+            runs.append((i, 1))
+    return runs
+
+
 class LongformerEncoder(nn.Module):
+    """The layers, unrolled, or with `scan_layers` a `lax.scan` over each run of layers sharing a
+    window: XLA then compiles one layer per run instead of every layer.
+
+    Scanning keeps the per-layer parameter names (`layer_3/...`, as in the checkpoints) and stacks
+    each run's parameters when the step runs; the unrolled path is used at init and when
+    attentions or hidden states are asked for.
+    """
     config: LongformerConfig
 
     @nn.compact
     def __call__(self, x, attention_mask, globals_, deterministic=True, output_attentions=False,
                  output_hidden_states=False):
         cfg = self.config
+        if (cfg.scan_layers and not self.is_initializing() and not output_attentions
+                and not output_hidden_states):
+            return self._scanned(x, attention_mask, globals_, deterministic), (), (), ()
         layer_cls = LongformerLayer
         if cfg.remat != "none":
             # Arguments count `self` as 0: deterministic and output_attentions are static.
@@ -286,6 +307,29 @@ class LongformerEncoder(nn.Module):
         if output_hidden_states:
             hidden.append(x)
         return x, tuple(hidden), tuple(attentions), tuple(global_attentions)
+
+
+    def _scanned(self, x, attention_mask, globals_, deterministic):
+        cfg = self.config
+        params = nn.meta.unbox(self.variables["params"])
+        dropout_key = None if deterministic else self.make_rng("dropout")
+        for first, count in _layer_runs(cfg.layer_windows):
+            layer = LongformerLayer(cfg, first)  # the run shares first's window
+            stacked = jax.tree.map(lambda *p: jnp.stack(p),
+                                   *[params[f"layer_{i}"] for i in range(first, first + count)])
+
+            def body(h, xs, layer=layer):
+                p, index = xs
+                rngs = (None if dropout_key is None
+                        else {"dropout": jax.random.fold_in(dropout_key, index)})
+                h, _, _ = layer.apply({"params": p}, h, attention_mask, globals_, deterministic,
+                                      False, rngs=rngs)
+                return h, None
+
+            if cfg.remat != "none":
+                body = jax.checkpoint(body, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
+            x, _ = jax.lax.scan(body, x, (stacked, jnp.arange(first, first + count)))
+        return x
 
 
 class LongformerPooler(nn.Module):

@@ -406,3 +406,25 @@ def test_odd_per_layer_windows_run():
     out = model.apply(params, ids, output_attentions=True)
     assert [a.shape[-1] for a in out.attentions] == [2 + w + 1 for w in windows]
     assert np.isfinite(np.asarray(out.last_hidden_state)).all()
+
+
+def test_scan_layers_equals_unrolled():
+    """scan_layers (runs of equal windows) and remat give the unrolled model's loss and grads."""
+    cfg = tiny(num_hidden_layers=5, attention_window=(4, 4, 8, 8, 8), max_global_tokens=3,
+               hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    ids = jnp.asarray(np.random.RandomState(9).randint(3, VOCAB, (2, 29)))
+    gm = jnp.zeros((2, 29), jnp.int32).at[0, 0].set(1).at[1, 5].set(1)
+    plain = L.LongformerForMaskedLM(cfg)
+    params = hf_checkpoint.init_params(plain, jax.random.key(0))
+
+    def loss(model):
+        return jax.jit(jax.value_and_grad(
+            lambda p: model.apply(p, ids, global_attention_mask=gm, labels=ids).loss))(params)
+
+    ref_loss, ref_grads = loss(plain)
+    for variant in [dict(scan_layers=True), dict(scan_layers=True, remat="dots"),
+                    dict(remat="full")]:
+        value, grads = loss(L.LongformerForMaskedLM(cfg.replace(**variant)))
+        assert abs(float(value) - float(ref_loss)) < 1e-6, variant
+        diff = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), grads, ref_grads)
+        assert max(jax.tree.leaves(diff)) < 1e-6, variant
