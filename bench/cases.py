@@ -1,0 +1,263 @@
+"""The benchmarked cases: how each implementation builds its model and runs one step.
+
+Every case is the base size (12 layers, hidden 768, 12 heads, ffn 3072, vocab 50265, window 512),
+batch 1, random weights, dropout 0, one global token (token 0) for the Longformer models, and the
+same loss for every train step: mean(last_hidden_state ** 2), then backward and an AdamW update.
+
+A case runs in its own process (`bench/worker.py`) so that its peak memory is its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import time
+
+BASE = dict(vocab=50265, hidden=768, layers=12, heads=12, ffn=3072, window=512)
+
+# name -> (family, compute dtype, remat policy)
+IMPLS = {
+    "jax-f32": ("jax", "float32", "none"),
+    "jax-f32-remat": ("jax", "float32", "full"),
+    "jax-bf16": ("jax", "bfloat16", "none"),
+    "jax-bf16-remat": ("jax", "bfloat16", "full"),
+    "jax-dense": ("jax-dense", "float32", "none"),  # this model's layers, (N, N) masked attention
+    "ref": ("ref", "float32", "none"),  # transformers' PyTorch Longformer (the reference)
+    "roberta-sdpa": ("roberta", "float32", "none"),  # transformers' RoBERTa, torch fused attention
+}
+REFERENCE = "ref"
+
+
+# ----------------------------------------------------------------------------- model FLOPs
+def model_flops(family: str, length: int, train: bool, global_tokens: int = 1) -> float:
+    """Useful FLOPs of one step (a multiply-add is 2; a train step is 3x the forward).
+
+    Longformer: the dense projections (q, k, v, output, ffn), the global key/value projections
+    (every token), the exact band (2 * (w + 1) keys per query: scores and values), the global
+    columns and rows. Full attention (RoBERTa, dense baseline): N keys per query.
+    The embedding lookup, LayerNorms and softmax are not counted (no multiply-adds).
+    """
+    h, ffn, layers, w = BASE["hidden"], BASE["ffn"], BASE["layers"], BASE["window"]
+    n, g = length, global_tokens
+    dense = 2 * n * (4 * h * h + 2 * h * ffn)
+    if family in ("roberta", "jax-dense"):
+        attn = 4 * n * n * h
+        extra = 0
+    else:
+        attn = 4 * n * (w + 1) * h + 4 * n * g * h  # band + global columns
+        extra = 2 * n * 2 * h * h + 2 * g * h * h + 4 * g * n * h  # global k/v/q proj + rows
+    fwd = layers * (dense + attn + extra)
+    return 3 * fwd if train else fwd
+
+
+# ----------------------------------------------------------------------------- memory
+def _status(field: str) -> int:
+    """A /proc/self/status field in bytes (VmHWM: peak resident set, VmRSS: current)."""
+    with open("/proc/self/status") as f:
+        return int(re.search(rf"{field}:\s+(\d+)", f.read()).group(1)) * 1024
+
+
+def reset_peak_rss() -> bool:
+    """Resets VmHWM to the current RSS (Linux >= 4.0); False where not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss() -> int:
+    return _status("VmHWM")
+
+
+# ----------------------------------------------------------------------------- timing
+@dataclasses.dataclass
+class Timing:
+    compile_s: float
+    times: list
+    peak_rss: int
+    analysis: dict | None = None
+
+    @property
+    def best(self):
+        return min(self.times)
+
+
+def _time(fn, repeats: int, budget_s: float) -> list:
+    """Runs fn `repeats` times (fewer when one call takes more than budget_s / repeats)."""
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+        if sum(times) > budget_s:
+            break
+    return times
+
+
+# ----------------------------------------------------------------------------- JAX
+def _jax_config(length: int, dtype: str, remat: str, dense: bool, block: int = 0):
+    from longformer.config import LongformerConfig
+    kw = {}
+    if dense:
+        kw["attention_impl"] = "dense"
+    return LongformerConfig(
+        vocab_size=BASE["vocab"], hidden_size=BASE["hidden"], num_hidden_layers=BASE["layers"],
+        num_attention_heads=BASE["heads"], intermediate_size=BASE["ffn"],
+        attention_window=BASE["window"], max_position_embeddings=max(length, 512) + 2,
+        type_vocab_size=1, layer_norm_eps=1e-5, hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0, dtype=dtype, remat=remat,
+        max_global_tokens=int(os.environ.get("BENCH_GLOBAL_BUDGET", "1")),
+        attention_block_size=block, **kw)
+
+
+def _analysis(compiled) -> dict | None:
+    m = compiled.memory_analysis()
+    if m is None:
+        return None
+    total = (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+             - m.alias_size_in_bytes)
+    return {"temp": m.temp_size_in_bytes, "args": m.argument_size_in_bytes,
+            "out": m.output_size_in_bytes, "alias": m.alias_size_in_bytes, "total": total}
+
+
+def run_jax(impl: str, length: int, modes, repeats: int, budget_s: float, block: int = 0):
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+    from longformer.hf_checkpoint import init_params
+    from longformer.modeling import LongformerModel
+
+    family, dtype, remat = IMPLS[impl]
+    cfg = _jax_config(length, dtype, remat, family == "jax-dense", block)
+    model = LongformerModel(cfg, add_pooling_layer=False)
+    params = init_params(model, jax.random.key(0))
+    rng = np.random.RandomState(0)
+    ids = jnp.asarray(rng.randint(3, BASE["vocab"], (1, length)), jnp.int32)
+    gmask = jnp.zeros((1, length), jnp.int32).at[:, 0].set(1)
+    results = {}
+
+    def loss_fn(p, ids, gmask):
+        out = model.apply(p, ids, global_attention_mask=gmask).last_hidden_state
+        return jnp.mean(jnp.square(out.astype(jnp.float32)))
+
+    if "fwd" in modes:
+        fwd = jax.jit(lambda p, ids, g: model.apply(p, ids, global_attention_mask=g)
+                      .last_hidden_state)
+        t = time.perf_counter()
+        compiled = fwd.lower(params, ids, gmask).compile()
+        compile_s = time.perf_counter() - t
+        compile_peak = peak_rss()
+        reset_peak_rss()
+        jax.block_until_ready(compiled(params, ids, gmask))  # warm-up
+        times = _time(lambda: jax.block_until_ready(compiled(params, ids, gmask)), repeats,
+                      budget_s)
+        results["fwd"] = Timing(compile_s, times, peak_rss(), _analysis(compiled))
+        results["fwd"].analysis = dict(results["fwd"].analysis or {}, compile_rss=compile_peak)
+        del compiled
+
+    if "train" in modes:
+        opt = optax.adamw(1e-5, weight_decay=0.01)
+        state = {"params": params, "opt": opt.init(params)}
+
+        def step(state, ids, gmask):
+            loss, grads = jax.value_and_grad(loss_fn)(state["params"], ids, gmask)
+            updates, opt_state = opt.update(grads, state["opt"], state["params"])
+            return {"params": optax.apply_updates(state["params"], updates),
+                    "opt": opt_state}, loss
+
+        t = time.perf_counter()
+        compiled = jax.jit(step, donate_argnums=0).lower(state, ids, gmask).compile()
+        compile_s = time.perf_counter() - t
+        compile_peak = peak_rss()
+        reset_peak_rss()
+        box = [state]
+
+        def once():
+            box[0], loss = compiled(box[0], ids, gmask)
+            jax.block_until_ready(loss)
+
+        once()  # warm-up
+        times = _time(once, repeats, budget_s)
+        results["train"] = Timing(compile_s, times, peak_rss(), _analysis(compiled))
+        results["train"].analysis = dict(results["train"].analysis or {}, compile_rss=compile_peak)
+    return results
+
+
+# ----------------------------------------------------------------------------- PyTorch
+def run_torch(impl: str, length: int, modes, repeats: int, budget_s: float):
+    import numpy as np
+    import torch
+    import transformers
+
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    family = IMPLS[impl][0]
+    common = dict(vocab_size=BASE["vocab"], hidden_size=BASE["hidden"],
+                  num_hidden_layers=BASE["layers"], num_attention_heads=BASE["heads"],
+                  intermediate_size=BASE["ffn"], max_position_embeddings=max(length, 512) + 2,
+                  type_vocab_size=1, layer_norm_eps=1e-5, hidden_dropout_prob=0.0,
+                  attention_probs_dropout_prob=0.0)
+    if family == "ref":
+        config = transformers.LongformerConfig(attention_window=BASE["window"], **common)
+        model = transformers.LongformerModel(config, add_pooling_layer=False)
+    else:
+        config = transformers.RobertaConfig(**common)
+        config._attn_implementation = "sdpa"
+        model = transformers.RobertaModel(config, add_pooling_layer=False)
+    rng = np.random.RandomState(0)
+    ids = torch.from_numpy(rng.randint(3, BASE["vocab"], (1, length)))
+    kwargs = {"input_ids": ids}
+    if family == "ref":
+        g = torch.zeros((1, length), dtype=torch.long)
+        g[:, 0] = 1
+        kwargs["global_attention_mask"] = g
+    results = {}
+
+    if "fwd" in modes:
+        model.eval()
+
+        def fwd():
+            with torch.inference_mode():
+                model(**kwargs).last_hidden_state
+
+        t = time.perf_counter()
+        fwd()  # warm-up (reported as "compile": first-call overhead)
+        first = time.perf_counter() - t
+        results["fwd"] = Timing(0.0, _time(fwd, repeats, budget_s), peak_rss(),
+                                {"first_call_s": first})
+
+    if "train" in modes:
+        model.train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.01)
+
+        def step():
+            out = model(**kwargs).last_hidden_state
+            loss = out.square().mean()
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        t = time.perf_counter()
+        step()
+        first = time.perf_counter() - t
+        results["train"] = Timing(0.0, _time(step, repeats, budget_s), peak_rss(),
+                                  {"first_call_s": first})
+    return results
+
+
+# ----------------------------------------------------------------------------- matmul rate
+def matmul_rate(dtype: str = "float32", n: int = 3072, repeats: int = 5) -> float:
+    """FLOP/s of a jitted square jnp.dot on this machine (best of `repeats`)."""
+    import jax
+    import jax.numpy as jnp
+    a = jnp.ones((n, n), dtype)
+    b = jnp.ones((n, n), dtype)
+    f = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32)
+                ).lower(a, b).compile()
+    jax.block_until_ready(f(a, b))
+    best = min(_time(lambda: jax.block_until_ready(f(a, b)), repeats, 1e9))
+    return 2 * n ** 3 / best
