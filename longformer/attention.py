@@ -5,6 +5,8 @@ Why it is shaped like this:
     gathers (a `jax.vmap`ed dynamic slice) only the keys its rows can see, `block + left + right`
     of them. Work and memory are O(n * (block + left + right)) and no n x n array ever exists.
     The band is described by its two one-sided extents, so a causal window is `right=0`.
+* Dilation d (`dilated_band_attention`, per head) is that same band run on the d interleaved
+    subsequences i = r mod d, stacked on the batch axis: no new kernel, still O(n * w).
 * Global tokens are gathered into a static budget of `G` slots per example (`global_token_indices`)
     so shapes never depend on data: local rows see them as `G` extra key columns, and the global
     rows are recomputed over all keys (O(n * G)) and scattered back.
@@ -483,9 +485,6 @@ def _dilated_band_one(q, k, v, key_mask, *, left, right, dilation, query_mask, e
                       extra_mask, block, dropout_rate, dropout_rng, return_probs):
     """`dilated_band_attention` with one dilation for every head given."""
     length = q.shape[1]
-    if not return_probs:  # keys past either end do not exist: a shorter band is the same band
-        longest = -(-length // dilation) - 1
-        left, right = min(left, longest), min(right, longest)
     if dilation == 1:
         return band_attention(q, k, v, key_mask, left=left, right=right, query_mask=query_mask,
                               extra_k=extra_k, extra_v=extra_v, extra_mask=extra_mask,
@@ -495,9 +494,13 @@ def _dilated_band_one(q, k, v, key_mask, *, left, right, dilation, query_mask, e
     def per_example(x):  # the extra (global) keys are shared by an example's d subsequences
         return None if x is None else jnp.repeat(x, dilation, axis=0)
 
+    # A subsequence is d times shorter: keys past its ends do not exist, so the band is clipped
+    # to it (the same band, without the cost of a window d times too long).
+    longest = -(-length // dilation) - 1
+    sub_left, sub_right = min(left, longest), min(right, longest)
     result = band_attention(
         _interleave(q, dilation), _interleave(k, dilation), _interleave(v, dilation),
-        _interleave(key_mask.astype(bool), dilation), left=left, right=right,
+        _interleave(key_mask.astype(bool), dilation), left=sub_left, right=sub_right,
         query_mask=None if query_mask is None else _interleave(query_mask.astype(bool), dilation),
         extra_k=per_example(extra_k), extra_v=per_example(extra_v),
         extra_mask=per_example(extra_mask), block=block, dropout_rate=dropout_rate,
@@ -505,6 +508,9 @@ def _dilated_band_one(q, k, v, key_mask, *, left, right, dilation, query_mask, e
     if not return_probs:
         return _deinterleave(result, dilation, length)
     out, probs = result
+    extra = 0 if extra_k is None else extra_k.shape[1]  # band columns back to the full window
+    probs = jnp.concatenate([probs[..., :extra], jnp.pad(
+        probs[..., extra:], ((0, 0),) * 3 + ((left - sub_left, right - sub_right),))], axis=-1)
     return _deinterleave(out, dilation, length), _deinterleave(probs, dilation, length, axis=2)
 
 
@@ -533,8 +539,7 @@ def dilated_band_attention(
     ordinary band run on each of the d interleaved subsequences (positions r, r + d, r + 2d, ...),
     stacked on the batch axis. Cost stays O(N * (left + right)), nothing is N x N, and gradients
     are exact because the same op computes them. `dilation` is an int or one per head; heads are
-    grouped by value and each group is one call. Extents beyond the sequence are clipped (a
-    window longer than the sequence sees the whole of it), so over-long windows cost nothing.
+    grouped by value and each group is one call; undilated heads take `band_attention` unchanged.
 
     Same arguments and results as `band_attention`; with `return_probs` band column t holds the
     weight of offset (t - left) * d.

@@ -2,8 +2,18 @@
 
 `attention_window` follows the Hugging Face convention: the TOTAL window w (even, > 0), so a token
 sees w/2 keys on each side. It is an int or one entry per layer; any even sizes work together.
-The JAX-only fields (dtypes, the static global-token budget, remat, block size) are never
-written to `config.json`.
+The JAX-only fields (dtypes, the static global-token budget, remat, block size, dilation,
+causal) are never written to `config.json`.
+
+Dilation and causal windows (JAX only; the reference has neither):
+* `attention_dilation` d: a token sees every d-th token, so the same number of keys covers d
+    times the span. An int (every layer and head), one entry per layer, and an entry may be one
+    int per head (the paper's char LM dilates only 2 heads of its upper layers).
+* `causal=True`: a token sees only itself and the w previous tokens (w = its layer's
+    `attention_window`, dilated: i, i-d, ..., i-w*d). The key count, w + 1, and so the cost, are
+    those of the two-sided window; it is the one-sided window of the paper's autoregressive
+    models. Global attention cannot be causal (a global token sees every position and every
+    position sees it), so `causal=True` requires `max_global_tokens=0`.
 """
 
 from __future__ import annotations
@@ -16,7 +26,7 @@ from typing import Any, Sequence
 import jax.numpy as jnp
 
 # Hugging Face config.json keys that we read and write (everything else is ignored on load).
-_HF_FIELDS = (
+HF_FIELDS = (
         "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
         "hidden_act", "hidden_dropout_prob", "attention_probs_dropout_prob", "max_position_embeddings",
         "type_vocab_size", "initializer_range", "layer_norm_eps", "attention_window", "pad_token_id",
@@ -58,12 +68,19 @@ class LongformerConfig:
     max_global_tokens: int = 64  # static per-example budget of global tokens; 0 removes the global path
     remat: str = "none"  # rematerialisation policy per layer: none | full | dots | dots_no_batch
     attention_block_size: int = 0  # query block of the banded op; 0 picks one from the window
+    scan_layers: bool = False  # lax.scan over runs of layers sharing a window (compile time)
     attention_impl: str = "banded"  # 'banded' | 'dense' (O(N^2) masked attention: a benchmark baseline)
+    attention_dilation: Any = 1  # int | one per layer | per layer one per head (see the docstring)
+    causal: bool = False  # one-sided windows (autoregressive); needs max_global_tokens=0
 
     def __post_init__(self):
         window = self.attention_window
         if isinstance(window, (list, tuple)):
             object.__setattr__(self, "attention_window", tuple(int(w) for w in window))
+        dilation = self.attention_dilation
+        if isinstance(dilation, (list, tuple)):  # hashable and comparable, whatever the source
+            object.__setattr__(self, "attention_dilation", tuple(
+                tuple(d) if isinstance(d, (list, tuple)) else d for d in dilation))
         self.validate()
 
     # ------------------------------------------------------------------ validation
@@ -101,6 +118,7 @@ class LongformerConfig:
             fail(f"attention_impl {self.attention_impl!r} is not one of {ATTENTION_IMPLS}")
         if self.attention_block_size < 0:
             fail(f"attention_block_size must be >= 0, got {self.attention_block_size}")
+        self._validate_dilation_and_causal(fail)
         for name in ("dtype", "param_dtype"):
             try:
                 jnp.dtype(getattr(self, name))
@@ -110,12 +128,48 @@ class LongformerConfig:
             if not 0.0 <= getattr(self, name) < 1.0:
                 fail(f"{name} must be in [0, 1), got {getattr(self, name)}")
 
+    def _validate_dilation_and_causal(self, fail) -> None:
+        dilation, heads = self.attention_dilation, self.num_attention_heads
+        layers = dilation if isinstance(dilation, tuple) else (dilation,) * self.num_hidden_layers
+        if len(layers) != self.num_hidden_layers:
+            fail(f"attention_dilation has {len(layers)} entries but num_hidden_layers is "
+                 f"{self.num_hidden_layers}; give an int, one entry per layer, or per layer one "
+                 f"int per head")
+        for i, entry in enumerate(layers):
+            values = entry if isinstance(entry, tuple) else (entry,)
+            if isinstance(entry, tuple) and len(entry) != heads:
+                fail(f"attention_dilation for layer {i} has {len(entry)} values; give an int or "
+                     f"one per head ({heads})")
+            if any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in values):
+                fail(f"attention_dilation for layer {i} must be positive ints, got {entry!r}")
+        if not isinstance(self.causal, bool):
+            fail(f"causal must be a bool, got {self.causal!r}")
+        if self.causal and self.max_global_tokens > 0:
+            fail(f"causal=True cannot use global attention (max_global_tokens="
+                 f"{self.max_global_tokens}): a global token sees every position and is seen by "
+                 f"every position, which leaks the future; set max_global_tokens=0")
+        if self.attention_impl == "dense" and any(d != 1 for l in self.layer_dilations for d in l):
+            fail("attention_impl='dense' (the benchmark baseline) has no dilation; use 'banded'")
+
     # ------------------------------------------------------------------ derived
     @property
     def layer_windows(self) -> tuple[int, ...]:
         """The total window of every layer."""
         w = self.attention_window
         return tuple(w) if isinstance(w, tuple) else (w,) * self.num_hidden_layers
+
+    @property
+    def layer_dilations(self) -> tuple[tuple[int, ...], ...]:
+        """The dilation of every head of every layer."""
+        d = self.attention_dilation
+        layers = d if isinstance(d, tuple) else (d,) * self.num_hidden_layers
+        return tuple(e if isinstance(e, tuple) else (e,) * self.num_attention_heads
+                     for e in layers)
+
+    @property
+    def layer_extents(self) -> tuple[tuple[int, int], ...]:
+        """(left, right) one-sided extents per layer: (w/2, w/2), or (w, 0) when causal."""
+        return tuple((w, 0) if self.causal else (w // 2, w // 2) for w in self.layer_windows)
 
     @property
     def max_window(self) -> int:
@@ -145,7 +199,7 @@ class LongformerConfig:
     @classmethod
     def from_hf_dict(cls, d: dict[str, Any], **overrides) -> "LongformerConfig":
         """Reads a transformers `config.json` dict (unknown keys are ignored)."""
-        kwargs = {k: d[k] for k in _HF_FIELDS if k in d and d[k] is not None}
+        kwargs = {k: d[k] for k in HF_FIELDS if k in d and d[k] is not None}
         if "num_labels" not in d and "id2label" in d:
             kwargs["num_labels"] = len(d["id2label"])
         if isinstance(kwargs.get("eos_token_id"), list):
@@ -156,7 +210,7 @@ class LongformerConfig:
         return cls(**kwargs)
 
     def to_hf_dict(self, architectures: Sequence[str] | None = None) -> dict[str, Any]:
-        d: dict[str, Any] = {k: getattr(self, k) for k in _HF_FIELDS if k != "num_labels"}
+        d: dict[str, Any] = {k: getattr(self, k) for k in HF_FIELDS if k != "num_labels"}
         windows = self.layer_windows
         d["attention_window"] = list(windows)
         d["model_type"] = "longformer"

@@ -313,8 +313,9 @@ class LongformerEncoder(nn.Module):
         cfg = self.config
         params = nn.meta.unbox(self.variables["params"])
         dropout_key = None if deterministic else self.make_rng("dropout")
-        for first, count in _layer_runs(cfg.layer_windows):
-            layer = LongformerLayer(cfg, first)  # the run shares first's window
+        # A run shares first's window and dilation (the layer reads both from its index).
+        for first, count in _layer_runs(tuple(zip(cfg.layer_windows, cfg.layer_dilations))):
+            layer = LongformerLayer(cfg, first)
             stacked = jax.tree.map(lambda *p: jnp.stack(p),
                                    *[params[f"layer_{i}"] for i in range(first, first + count)])
 

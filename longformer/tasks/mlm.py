@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -13,6 +14,7 @@ import numpy as np
 import optax
 
 from longformer import data as data_lib, hf_checkpoint
+from longformer import config as config_lib
 from longformer.config import LongformerConfig
 from longformer.modeling import LongformerForMaskedLM
 from longformer.tasks.base import Task
@@ -20,7 +22,9 @@ from longformer.tokenizer import LongformerTokenizer
 
 log = logging.getLogger(__name__)
 
-JAX_ONLY = ("dtype", "param_dtype", "max_global_tokens", "remat", "attention_block_size")
+# Options that config.json does not carry: taken from our config when loading init_from.
+JAX_ONLY = tuple(f.name for f in dataclasses.fields(LongformerConfig)
+                 if f.name not in config_lib.HF_FIELDS)
 
 
 def model_config(config, **overrides) -> LongformerConfig:
