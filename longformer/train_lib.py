@@ -272,7 +272,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if start == 0 and jax.process_index() == 0:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json(indent=2))
-    tokens_per_step = int(np.prod(next(iter(task.batch_spec.values()))[0][:2]))
+    tokens_per_step = int(np.prod(next(iter(task.batch_spec.values()))[0]))  # all of input_ids
     log.info("training %s (%s) from step %d to %d: batch %s; %s", type(model).__name__,
              config.task, start, config.total_steps,
              "x".join(map(str, next(iter(task.batch_spec.values()))[0])),

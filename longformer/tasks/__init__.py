@@ -12,6 +12,11 @@ from longformer.tasks.base import Task
 # task name -> module whose `build(config, workdir) -> Task` makes it
 TASKS = {
     "mlm": "longformer.tasks.mlm",
+    "classification": "longformer.tasks.classification",
+    "token_classification": "longformer.tasks.token_classification",
+    "multiple_choice": "longformer.tasks.multiple_choice",
+    "qa": "longformer.tasks.qa",
+    "charlm": "longformer.tasks.charlm",
 }
 
 

@@ -31,6 +31,8 @@ class Task:
       initial_params: () -> host parameters to start from (init_from), or None for random
         init; called only when there is no checkpoint to resume.
       tokenizer: the tokenizer the data was made with (saved with exports).
+      predict: list of host eval outputs -> one JSON-serialisable record per eval example (the
+        predictions eval.py writes), or None when the objective has none (MLM).
     """
 
     model: nn.Module
@@ -44,4 +46,5 @@ class Task:
     identity: dict
     initial_params: Callable[[], Optional[Params]] = lambda: None
     tokenizer: Any = None
+    predict: Optional[Callable[[list], list[dict]]] = None
     info: dict = dataclasses.field(default_factory=dict)  # sizes for the start-up log line

@@ -1,0 +1,297 @@
+"""Extractive question answering on SQuAD-format JSON, or JSON lines (also TriviaQA-style).
+
+Files: SQuAD's `{"data": [{"paragraphs": [{"context", "qas": [{"id", "question", "answers":
+[{"text", "answer_start"}]}]}]}]}`, or one JSON object per line `{"id", "question", "context",
+"answers"}` where `answers` is a list of `{"text", "answer_start"}`, the Hugging Face
+`{"text": [...], "answer_start": [...]}`, or a list of strings without positions (TriviaQA's
+aliases): those are looked up in the context, and only the ones found are trained on; all count
+when scoring. An answer whose `answer_start` does not point at its text, or a question none of
+whose answers occurs in its context, is an error naming the file and line. Unanswerable
+questions (SQuAD 2.0) are not supported.
+
+Inputs are `<s> question </s></s> context-window </s>`: questions keep their first
+`data.max_question_tokens` tokens, and a context longer than what is left of `data.seq_len` is
+split into windows overlapping by `data.window_overlap` tokens. A training window whose context
+does not hold the whole answer points at `<s>` (position 0), as in Hugging Face's run_qa. At
+evaluation the answer is the span with the best start + end logit over all windows of the
+question, within the context, at most `data.max_answer_tokens` long; its text is cut from the
+context through the tokens' character offsets. Global attention: `<s>` and the question (the
+reference's default), or 'cls' / 'none'. Metrics: SQuAD v1.1 exact match and F1 (percent).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from longformer import metrics
+from longformer.modeling import LongformerForQuestionAnswering
+from longformer.tasks import finetune, synthetic
+from longformer.tasks.base import Task
+
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------- reading
+def _line(raw: str, needle: str, start: int) -> tuple[int, int]:
+    """(line number, index) of `needle` in raw at or after `start` (best effort)."""
+    at = raw.find(needle, start)
+    if at < 0:
+        return 0, start
+    return raw.count("\n", 0, at) + 1, at
+
+
+def read_squad(path: str) -> list[dict]:
+    """Flat question records from a SQuAD-format .json file, a JSON list, or JSON lines."""
+    if path.endswith(".jsonl"):
+        return finetune.read_jsonl(path)
+    with open(path, encoding="utf-8") as f:
+        raw = f.read()
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return finetune.read_jsonl(path)  # JSON lines under another name (or a clear error)
+    if isinstance(doc, list):
+        for i, rec in enumerate(doc):
+            if not isinstance(rec, dict):
+                raise finetune.DataError(f"{path}: item {i} is not an object")
+            rec["_where"] = f"{path} (item {i})"
+        return doc
+    if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
+        raise finetune.DataError(f"{path}: a SQuAD file needs a top-level \"data\" list")
+    out, cursor = [], 0
+    for i, article in enumerate(doc["data"]):
+        for j, para in enumerate(article.get("paragraphs", []) if isinstance(article, dict)
+                                 else []):
+            context = para.get("context") if isinstance(para, dict) else None
+            for k, qa in enumerate(para.get("qas", []) if isinstance(para, dict) else []):
+                if not isinstance(qa, dict):
+                    raise finetune.DataError(f"{path}: data[{i}].paragraphs[{j}].qas[{k}] is not "
+                                             "an object")
+                pointer = f"data[{i}].paragraphs[{j}].qas[{k}]"
+                line = 0
+                if "id" in qa:
+                    line, cursor = _line(raw, json.dumps(qa["id"]), cursor)
+                rec = {**qa, "_where": f"{path}:{line} ({pointer}, id {qa.get('id')!r})"
+                       if line else f"{path} ({pointer})"}
+                if context is not None:
+                    rec["context"] = context
+                out.append(rec)
+    return out
+
+
+def answer_spans(rec: dict) -> tuple[list[str], list[tuple[int, int]]]:
+    """Validates a record: (every gold answer text, char spans of those found in the context)."""
+    where = finetune.where(rec)
+    question = finetune.field(rec, "question", str, "a string")
+    context = finetune.field(rec, "context", str, "a string")
+    if not question.strip():
+        raise finetune.DataError(f"{where}: the question is empty")
+    if rec.get("is_impossible"):
+        raise finetune.DataError(f"{where}: unanswerable questions (SQuAD 2.0) are not supported")
+    answers = finetune.field(rec, "answers", (list, dict), "a list of answers")
+    if isinstance(answers, dict):  # {"text": [...], "answer_start": [...]}
+        texts = answers.get("text") or []
+        starts = answers.get("answer_start") or [None] * len(texts)
+        answers = [{"text": t, "answer_start": s} for t, s in zip(texts, starts)]
+    if not answers:
+        raise finetune.DataError(f"{where}: no answers (unanswerable questions are not "
+                                 "supported)")
+    golds, spans = [], []
+    for a in answers:
+        text, start = (a, None) if isinstance(a, str) else (
+            (a.get("text"), a.get("answer_start")) if isinstance(a, dict) else (None, None))
+        if not isinstance(text, str) or not text.strip():
+            raise finetune.DataError(f"{where}: answer {a!r} has no text")
+        golds.append(text)
+        if start is not None:
+            if not isinstance(start, int) or isinstance(start, bool) or start < 0:
+                raise finetune.DataError(f"{where}: answer_start {start!r} is not a character "
+                                         "position")
+            if context[start:start + len(text)] != text:
+                raise finetune.DataError(
+                    f"{where}: answer {text!r} is not at answer_start={start} in the context "
+                    f"(found {context[start:start + len(text)]!r})")
+            spans.append((start, start + len(text)))
+        else:
+            at = context.find(text)
+            if at >= 0:
+                spans.append((at, at + len(text)))
+    if not spans:
+        raise finetune.DataError(f"{where}: no answer occurs in the context (answers: "
+                                 f"{golds[:5]})")
+    return golds, spans
+
+
+# ----------------------------------------------------------------------------- features
+def char_span_to_tokens(offsets: np.ndarray, start: int, end: int) -> tuple[int, int] | None:
+    """First and last token whose characters overlap [start, end), or None."""
+    a, b = offsets[:, 0], offsets[:, 1]
+    hit = np.flatnonzero((b > a) & (b > start) & (a < end))
+    return (int(hit[0]), int(hit[-1])) if hit.size else None
+
+
+def encode(config, tokenizer, records: list[dict], mode: str):
+    """Window rows and, per row, its example and the context offsets of its tokens (-1 else)."""
+    length = config.data.seq_len
+    qmax = config.data.max_question_tokens
+    checked = [answer_spans(r) for r in records]
+    questions = finetune.encode_segments(tokenizer, [r["question"] for r in records])
+    contexts = finetune.encode_segments(tokenizer, [r["context"] for r in records])
+    bos, sep, pad = tokenizer.bos_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id
+    ids, starts, ends, qlens, examples, offsets_out = [], [], [], [], [], []
+    cut = 0
+    for i, (rec, (q, _), (c, offsets), (_, spans)) in enumerate(
+            zip(records, questions, contexts, checked)):
+        cut += len(q) > qmax
+        q = q[:qmax]
+        room = length - len(q) - 4
+        if room < 1:
+            raise ValueError(f"data.seq_len={length} leaves no room for the context after a "
+                             f"question of {len(q)} tokens")
+        answer = char_span_to_tokens(offsets, *spans[0])
+        if answer is None:
+            raise finetune.DataError(f"{finetune.where(rec)}: the answer at characters "
+                                     f"{spans[0]} covers no token of the context")
+        for ws, we in finetune.windows(len(c), room, config.data.window_overlap):
+            row = np.full(length, pad, np.int32)
+            first = len(q) + 3
+            row[:first + we - ws + 1] = [bos, *q, sep, sep, *c[ws:we], sep]
+            offs = np.full((length, 2), -1, np.int32)
+            offs[first:first + we - ws] = offsets[ws:we]
+            inside = ws <= answer[0] and answer[1] < we
+            ids.append(row)
+            starts.append(first + answer[0] - ws if inside else 0)
+            ends.append(first + answer[1] - ws if inside else 0)
+            qlens.append(len(q))
+            examples.append(i)
+            offsets_out.append(offs)
+    if cut:
+        log.info("%d of %d questions were cut to %d tokens", cut, len(records), qmax)
+    ids = np.stack(ids)
+    global_mask = np.zeros_like(ids)
+    if mode == "question":
+        global_mask = (np.arange(length)[None] < np.asarray(qlens)[:, None] + 1).astype(np.int32)
+    elif mode == "cls":
+        global_mask[:, 0] = 1
+    rows = {"input_ids": ids, "attention_mask": (ids != pad).astype(np.int32),
+            "global_attention_mask": global_mask,
+            "start_positions": np.asarray(starts, np.int32),
+            "end_positions": np.asarray(ends, np.int32)}
+    return rows, np.asarray(examples), np.stack(offsets_out), [g for g, _ in checked]
+
+
+def best_span(start_logits: np.ndarray, end_logits: np.ndarray, offsets: np.ndarray,
+              max_tokens: int) -> tuple[float, int, int]:
+    """(score, start, end) of the best context span of at most max_tokens tokens (end >= start)."""
+    ok = offsets[:, 1] > offsets[:, 0]
+    s = np.where(ok, start_logits, -np.inf)
+    e = np.where(ok, end_logits, -np.inf)
+    best = (-np.inf, -1, -1)
+    for d in range(min(max_tokens, len(s))):
+        scores = s[:len(s) - d] + e[d:]
+        i = int(np.argmax(scores))
+        if scores[i] > best[0]:
+            best = (float(scores[i]), i, i + d)
+    return best
+
+
+def decode(outputs: list, *, feature_example, feature_offsets, records, max_tokens):
+    """Per question whose windows were all evaluated: (predicted text, score); else None."""
+    g = finetune.gather(outputs)
+    seen = np.zeros(len(feature_example), bool)
+    seen[g["index"]] = True
+    complete = np.ones(len(records), bool)
+    np.logical_and.at(complete, feature_example, seen)
+    best = [(-np.inf, "") for _ in records]
+    for k, f in enumerate(g["index"]):
+        i = feature_example[f]
+        score, s, e = best_span(g["start_logits"][k], g["end_logits"][k], feature_offsets[f],
+                                max_tokens)
+        if s >= 0 and score > best[i][0]:
+            offs = feature_offsets[f]
+            best[i] = (score, records[i]["context"][offs[s, 0]:offs[e, 1]])
+    return [(text, score) if ok else None for ok, (score, text) in zip(complete, best)], g
+
+
+def summarize(outputs: list, *, golds, **kw) -> dict[str, float]:
+    decoded, g = decode(outputs, **kw)
+    pairs = [(p[0], gold) for p, gold in zip(decoded, golds) if p is not None]
+    return {"loss": float(np.mean(g["loss"])), "examples": float(len(pairs)),
+            **metrics.squad_scores([p for p, _ in pairs], [a for _, a in pairs])}
+
+
+def predict(outputs: list, *, golds, **kw) -> list[dict]:
+    decoded, _ = decode(outputs, **kw)
+    return [{"id": finetune.example_id(r, i), "question": r["question"], "predicted": p[0],
+             "score": round(p[1], 6), "answers": gold}
+            for i, (r, p, gold) in enumerate(zip(kw["records"], decoded, golds)) if p is not None]
+
+
+def build(config, workdir: str) -> Task:
+    mode = finetune.global_mode(config, "question", ("question", "cls", "none"))
+    syn = config.data.synthetic
+    make = functools.partial(synthetic.question_answering, num_words=syn.num_words,
+                             num_categories=syn.num_categories)
+    train_records = finetune.load_records(config, "train", make, reader=read_squad)
+    eval_records = finetune.load_records(config, "eval", make, reader=read_squad)
+    tokenizer = finetune.load_tokenizer(config, workdir,
+                                        lambda: synthetic.corpus(train_records))
+    model_cfg = finetune.model_config(config, num_labels=2)
+    finetune.check_vocab(tokenizer, model_cfg)
+    finetune.check_length(config, model_cfg)
+    finetune.save_model_config(workdir, model_cfg)
+    model = LongformerForQuestionAnswering(model_cfg)
+
+    train_rows, *_ = encode(config, tokenizer, train_records, mode)
+    eval_rows, feature_example, feature_offsets, golds = (None, None, None, None)
+    if eval_records is not None:
+        eval_rows, feature_example, feature_offsets, golds = encode(
+            config, tokenizer, eval_records, mode)
+    finetune.check_global_budget(train_rows["global_attention_mask"], model_cfg,
+                                 "it must be at least data.max_question_tokens + 1 (<s> and "
+                                 "the question are global)")
+    train_iter, eval_data = finetune.make_pipelines(config, train_rows, eval_rows)
+
+    def per_feature(params, batch, rng):
+        out = finetune.apply(model, params, batch, rng)
+        start = out.start_logits.astype(jnp.float32)
+        end = out.end_logits.astype(jnp.float32)
+        loss = (optax.softmax_cross_entropy_with_integer_labels(start, batch["start_positions"])
+                + optax.softmax_cross_entropy_with_integer_labels(end, batch["end_positions"]))
+        return start, end, loss / 2
+
+    def loss_fn(params, batch, rng):
+        start, end, loss = per_feature(params, batch, rng)
+        valid = batch["valid"].astype(jnp.float32)
+        exact = ((jnp.argmax(start, -1) == batch["start_positions"])
+                 & (jnp.argmax(end, -1) == batch["end_positions"])).astype(jnp.float32)
+        return jnp.sum(loss * valid), {"span_accuracy": jnp.sum(exact * valid)}
+
+    def eval_fn(params, batch):
+        start, end, loss = per_feature(params, batch, None)
+        return {"index": batch["index"], "valid": batch["valid"], "start_logits": start,
+                "end_logits": end, "loss": loss}
+
+    decode_args = dict(feature_example=feature_example, feature_offsets=feature_offsets,
+                       records=eval_records, max_tokens=config.data.max_answer_tokens,
+                       golds=golds)
+    return Task(
+        model=model, train_data=train_iter, eval_data=eval_data,
+        batch_spec=finetune.batch_spec(config, train_rows),
+        weight_fn=lambda batch: jnp.sum(batch["valid"]),
+        loss_fn=loss_fn, eval_fn=eval_fn,
+        summarize=functools.partial(summarize, **decode_args),
+        predict=functools.partial(predict, **decode_args),
+        identity=finetune.identity(config, model_cfg),
+        initial_params=finetune.init_fn(config, model, workdir),
+        tokenizer=tokenizer,
+        info={"train questions": len(train_records), "train windows": len(train_rows["input_ids"]),
+              "eval questions": 0 if eval_records is None else len(eval_records),
+              "eval windows": 0 if eval_rows is None else len(eval_rows["input_ids"]),
+              "global attention": mode})
