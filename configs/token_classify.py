@@ -1,8 +1,8 @@
 """Token classification (tagging) on JSON lines `{"tokens": [...], "tags": [...]}` (BIO tags).
 
 With no files it trains a demo-size model on a synthetic NER task: names are declared as
-`<name> is a person|place|company .` and mentioned again up to 24 words later; a mention's
-type is only known from its declaration:
+`<name> is a person|place|company .` and mentioned again up to 12 words later; a mention's
+type is only known from its declaration, which the top layer's 32-token band reaches:
 
     python train.py --config=configs/token_classify.py --workdir=runs/ner
     python eval.py --config=configs/token_classify.py --checkpoint=runs/ner
@@ -23,10 +23,11 @@ from longformer.tasks import finetune
 
 
 def get_config():
-    c = finetune.base_config("token_classification", seq_len=256, windows=(32, 32, 64))
-    c.total_steps = 500
+    # Narrow bands learn the look-back sooner (w=32/64 bands: F1 0.50 after 500 steps).
+    c = finetune.base_config("token_classification", seq_len=256, windows=(16, 16, 32))
+    c.total_steps = 600
     c.data.labels = ""  # comma-separated tag set; '' = every tag of the train file, O first
     c.data.window_overlap = 64  # tokens shared by consecutive windows of a long document
-    c.data.synthetic.update(num_words=300, max_distance=24, entities_per_paragraph=2)
+    c.data.synthetic.update(num_words=300, max_distance=12, entities_per_paragraph=2)
     c.model.max_global_tokens = 1  # room for global_attention='cls'
     return c

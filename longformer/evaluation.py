@@ -50,12 +50,13 @@ def _saved_identity(workdir: str, step: int) -> dict | None:
 
 
 def _check_identity(saved: dict | None, task: tasks.Task, checkpoint: str) -> None:
-    """The checkpoint must be of the same task and model (batch size and seed may differ)."""
+    """The checkpoint must be of the same task, labels and model (batch size, seed may differ)."""
     if not saved:
         return
     current = json.loads(json.dumps(task.identity))
     problems = [f"{key}: checkpoint has {saved.get(key)!r}, config has {current.get(key)!r}"
-                for key in ("task",) if saved.get(key) != current.get(key)]
+                for key in ("task", "labels", "problem", "num_choices")
+                if saved.get(key) != current.get(key)]
     saved_model, model = saved.get("model") or {}, current.get("model") or {}
     problems += [f"model.{k}: checkpoint has {saved_model.get(k)!r}, config has {model.get(k)!r}"
                  for k in sorted(set(saved_model) | set(model))
@@ -85,6 +86,9 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, checkpoint: str, *,
     """
     workdir, path_step = finetune.resolve_run(checkpoint)
     is_run = os.path.isdir(os.path.join(workdir, "checkpoints"))
+    if not is_run and not os.path.isfile(os.path.join(checkpoint, "config.json")):
+        raise FileNotFoundError(f"{checkpoint} is neither a train.py workdir (no checkpoints/) "
+                                "nor a transformers folder (no config.json)")
     mesh = sharding.make_mesh(tuple(config.mesh.shape))
     batch_sh = sharding.batch_sharding(mesh)
 

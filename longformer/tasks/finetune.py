@@ -349,10 +349,15 @@ def identity(config, model_cfg: LongformerConfig, **extra) -> dict:
 
 
 def save_model_config(workdir: str, model_cfg: LongformerConfig) -> None:
-    """The effective model config, so eval.py and later init_from need no original source."""
-    if jax.process_index() == 0:
+    """The effective model config, so eval.py and later init_from need no original source.
+
+    Written once: a resumed run has the same model (its checkpoint identity says so), and eval.py
+    must not change a run's record.
+    """
+    path = os.path.join(workdir, "model_config.json")
+    if jax.process_index() == 0 and not os.path.exists(path):
         os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "model_config.json"), "w") as f:
+        with open(path, "w") as f:
             json.dump(dataclasses.asdict(model_cfg), f, indent=2)
 
 

@@ -7,19 +7,20 @@ sees the first window, or whose `<s>`/question tokens cannot attend globally, st
   half of the document; the same colours also occur elsewhere as distractors (not after `code`).
   Multi-label: every colour that follows `code` (1 to 3 phrases). Regression: how many `code`
   phrases there are (0 to 4).
-* token classification: names (`B-`/`I-` tags; a given name and sometimes a surname) are declared as
-  `<name> is a person|place|company .` and mentioned again up to `max_distance` words later; a
-  mention's type is only known from its declaration, so the window has to reach back to it.
+* token classification: names (`B-`/`I-` tags; a given name, sometimes with a surname) are
+  declared as `<name> is a person|place|company .` and mentioned again up to `max_distance`
+  words later; a mention's type is only known from its declaration, so the window has to reach
+  back to it.
 * multiple choice: "which colour follows code ?", each choice with its own document (the
   `contexts` form, as for evidence retrieved per answer); only the right choice's document has
   `code <colour>`, in its second half, while every document mentions its colour elsewhere.
   (With one shared context a model trained from scratch has to learn to match the choice against
   the context before any signal reaches its loss, which takes far longer than a demo.)
 * question answering: the document names one colour, one number, one animal and one city (one
-  or two words each) at random places; the question asks for one of them ("which animal is
-  named ?"). The answer can be anywhere in a document longer than one input, so it lands in any
-  window, and the context tokens only see the question through global attention: without it a
-  model can do no better than guessing among the four.
+  or two words each) at random places; the question asks for one of them ("which animal ?").
+  The answer can be anywhere in a document longer than one input, so it lands in any window,
+  and the context tokens only see the question through global attention: without it a model
+  can do no better than guessing among the four.
 
 Records have exactly the fields of the task's JSON lines format, so they go through the same
 validation as files. Everything is a pure function of the seed.
@@ -203,7 +204,7 @@ def question_answering(n: int, seed: int, *, num_words: int = 300, num_categorie
         start = _find_words(words, answer.split())
         start = sum(len(w) + 1 for w in words[:start])
         assert context[start:start + len(answer)] == answer
-        out.append({"id": f"synthetic-{seed}-{i}", "question": f"which {asked} is named ?",
+        out.append({"id": f"synthetic-{seed}-{i}", "question": f"which {asked} ?",
                     "context": context, "answers": [{"text": answer, "answer_start": start}]})
     return out
 
