@@ -39,7 +39,7 @@ import orbax.checkpoint as ocp
 
 from longformer import data as data_lib
 from longformer.charlm import VOCAB_SIZE, CharLM
-from longformer.config import LongformerConfig
+from longformer.tasks.mlm import model_config
 from longformer.tasks.base import Task
 
 log = logging.getLogger(__name__)
@@ -179,15 +179,6 @@ def make_datasets(data_cfg, splits: dict[str, np.ndarray], *, seed: int, batch_s
 
 
 # ----------------------------------------------------------------------------- model, loss, metrics
-def model_config(config, **overrides) -> LongformerConfig:
-    kwargs = config.model.to_dict()
-    window = kwargs.get("attention_window")
-    if isinstance(window, (tuple, list)) and len(window) == 1:
-        kwargs["attention_window"] = int(window[0])  # one value from the command line: every layer
-    kwargs.update(overrides)
-    return LongformerConfig(**kwargs)
-
-
 def token_losses(model, params, inputs, targets, rng=None):
     """Per-position next-byte cross-entropy (nats, float32) and whether the argmax was right."""
     deterministic = rng is None
