@@ -22,14 +22,14 @@ import ml_collections
 import numpy as np
 
 from longformer import hf_checkpoint, sharding, tasks
-from longformer.tasks import finetune
+from longformer.tasks import init_from
 
 log = logging.getLogger(__name__)
 
 
 def load_run_config(checkpoint: str) -> ml_collections.ConfigDict:
     """The config a train.py run saved in its workdir (`config.json`)."""
-    workdir, _ = finetune.resolve_run(checkpoint)
+    workdir, _ = init_from.resolve_run(checkpoint)
     path = os.path.join(workdir, "config.json")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no config.json in {workdir}; pass --config")
@@ -60,7 +60,7 @@ def _check_identity(saved: dict | None, task: tasks.Task, checkpoint: str) -> No
     saved_model, model = saved.get("model") or {}, current.get("model") or {}
     problems += [f"model.{k}: checkpoint has {saved_model.get(k)!r}, config has {model.get(k)!r}"
                  for k in sorted(set(saved_model) | set(model))
-                 if k in finetune.STRUCTURAL + ("num_labels", "max_global_tokens")
+                 if k in init_from.STRUCTURAL + ("num_labels", "max_global_tokens")
                  and saved_model.get(k) != model.get(k)]
     if problems:
         raise ValueError(f"{checkpoint} does not match the config:\n  " + "\n  ".join(problems))
@@ -84,7 +84,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, checkpoint: str, *,
     fine-tuning tasks, `predictions_step_<step>.jsonl` into `output_dir` (default: the run's
     workdir, or `<folder>/eval` for a transformers folder).
     """
-    workdir, path_step = finetune.resolve_run(checkpoint)
+    workdir, path_step = init_from.resolve_run(checkpoint)
     is_run = os.path.isdir(os.path.join(workdir, "checkpoints"))
     if not is_run and not os.path.isfile(os.path.join(checkpoint, "config.json")):
         raise FileNotFoundError(f"{checkpoint} is neither a train.py workdir (no checkpoints/) "
@@ -94,7 +94,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, checkpoint: str, *,
 
     if is_run:
         step = step if step is not None else path_step
-        step = finetune.latest_step(workdir) if step is None else step
+        step = init_from.latest_step(workdir) if step is None else step
         if not (config.get("tokenizer") or os.path.isdir(os.path.join(workdir, "tokenizer"))
                 or config.get("init_from")):
             raise FileNotFoundError(f"{workdir} has no tokenizer/ folder and the config names "
@@ -106,7 +106,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, checkpoint: str, *,
         shardings = sharding.param_shardings(boxed, mesh)
         target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                               nn.meta.unbox(boxed), shardings)
-        params = finetune.restore_params(workdir, step, target)
+        params = init_from.restore_params(workdir, step, target)
         out_dir = output_dir or workdir
     else:
         config = ml_collections.ConfigDict(config.to_dict())  # unlocked copy

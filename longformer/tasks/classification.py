@@ -20,7 +20,7 @@ import optax
 
 from longformer import metrics
 from longformer.modeling import LongformerForSequenceClassification
-from longformer.tasks import finetune, synthetic
+from longformer.tasks import finetune, init_from, synthetic
 from longformer.tasks.base import Task
 
 log = logging.getLogger(__name__)
@@ -168,11 +168,11 @@ def build(config, workdir: str) -> Task:
                                  f"labels ({labels}); set data.labels or check data.problem")
     tokenizer = finetune.load_tokenizer(
         config, workdir, lambda: synthetic.corpus(train_records))
-    model_cfg = finetune.model_config(
+    model_cfg = init_from.model_config(
         config, num_labels=max(len(labels), 1), problem_type=_MODEL_PROBLEM[problem])
     finetune.check_vocab(tokenizer, model_cfg)
     finetune.check_length(config, model_cfg)
-    finetune.save_model_config(workdir, model_cfg)
+    init_from.save_model_config(workdir, model_cfg)
     model = LongformerForSequenceClassification(model_cfg)
 
     train_rows = encode(config, tokenizer, train_records, labels, problem, mode)
@@ -207,7 +207,7 @@ def build(config, workdir: str) -> Task:
         predict=functools.partial(predict, problem=problem, labels=labels,
                                   records=eval_records),
         identity=finetune.identity(config, model_cfg, labels=labels, problem=problem),
-        initial_params=finetune.init_fn(config, model, workdir),
+        initial_params=init_from.init_fn(config, model, workdir),
         tokenizer=tokenizer,
         info={"problem": problem, "labels": len(labels), "train examples": len(train_records),
               "eval examples": 0 if eval_records is None else len(eval_records),

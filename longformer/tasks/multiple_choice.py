@@ -27,7 +27,7 @@ import optax
 
 from longformer import metrics
 from longformer.modeling import LongformerForMultipleChoice
-from longformer.tasks import finetune, synthetic
+from longformer.tasks import finetune, init_from, synthetic
 from longformer.tasks.base import Task
 
 log = logging.getLogger(__name__)
@@ -143,10 +143,10 @@ def build(config, workdir: str) -> Task:
         len(r["choices"]) for r in train_records + (eval_records or []))
     tokenizer = finetune.load_tokenizer(config, workdir,
                                         lambda: synthetic.corpus(train_records))
-    model_cfg = finetune.model_config(config)
+    model_cfg = init_from.model_config(config)
     finetune.check_vocab(tokenizer, model_cfg)
     finetune.check_length(config, model_cfg)
-    finetune.save_model_config(workdir, model_cfg)
+    init_from.save_model_config(workdir, model_cfg)
     model = LongformerForMultipleChoice(model_cfg)
     budget = config.data.max_choice_tokens
     if not 0 < budget <= config.data.seq_len - 5:
@@ -184,7 +184,7 @@ def build(config, workdir: str) -> Task:
         summarize=functools.partial(summarize, gold=gold),
         predict=functools.partial(predict, records=eval_records, gold=gold),
         identity=finetune.identity(config, model_cfg, num_choices=num_choices),
-        initial_params=finetune.init_fn(config, model, workdir),
+        initial_params=init_from.init_fn(config, model, workdir),
         tokenizer=tokenizer,
         info={"choices": num_choices, "train examples": len(train_records),
               "eval examples": 0 if eval_records is None else len(eval_records),

@@ -31,7 +31,7 @@ import optax
 
 from longformer import metrics
 from longformer.modeling import LongformerForQuestionAnswering
-from longformer.tasks import finetune, synthetic
+from longformer.tasks import finetune, init_from, synthetic
 from longformer.tasks.base import Task
 
 log = logging.getLogger(__name__)
@@ -242,10 +242,10 @@ def build(config, workdir: str) -> Task:
     eval_records = finetune.load_records(config, "eval", make, reader=read_squad)
     tokenizer = finetune.load_tokenizer(config, workdir,
                                         lambda: synthetic.corpus(train_records))
-    model_cfg = finetune.model_config(config, num_labels=2)
+    model_cfg = init_from.model_config(config, num_labels=2)
     finetune.check_vocab(tokenizer, model_cfg)
     finetune.check_length(config, model_cfg)
-    finetune.save_model_config(workdir, model_cfg)
+    init_from.save_model_config(workdir, model_cfg)
     model = LongformerForQuestionAnswering(model_cfg)
 
     train_rows, *_ = encode(config, tokenizer, train_records, mode)
@@ -289,7 +289,7 @@ def build(config, workdir: str) -> Task:
         summarize=functools.partial(summarize, **decode_args),
         predict=functools.partial(predict, **decode_args),
         identity=finetune.identity(config, model_cfg),
-        initial_params=finetune.init_fn(config, model, workdir),
+        initial_params=init_from.init_fn(config, model, workdir),
         tokenizer=tokenizer,
         info={"train questions": len(train_records), "train windows": len(train_rows["input_ids"]),
               "eval questions": 0 if eval_records is None else len(eval_records),

@@ -24,7 +24,7 @@ import optax
 
 from longformer import metrics
 from longformer.modeling import LongformerForTokenClassification
-from longformer.tasks import finetune, synthetic
+from longformer.tasks import finetune, init_from, synthetic
 from longformer.tasks.base import Task
 
 log = logging.getLogger(__name__)
@@ -161,10 +161,10 @@ def build(config, workdir: str) -> Task:
     tags = tag_set(config, train_records)
     tokenizer = finetune.load_tokenizer(config, workdir,
                                         lambda: synthetic.corpus(train_records))
-    model_cfg = finetune.model_config(config, num_labels=len(tags))
+    model_cfg = init_from.model_config(config, num_labels=len(tags))
     finetune.check_vocab(tokenizer, model_cfg)
     finetune.check_length(config, model_cfg)
-    finetune.save_model_config(workdir, model_cfg)
+    init_from.save_model_config(workdir, model_cfg)
     model = LongformerForTokenClassification(model_cfg)
 
     train_rows, _ = encode(config, tokenizer, train_records, tags, mode)
@@ -203,7 +203,7 @@ def build(config, workdir: str) -> Task:
         summarize=functools.partial(summarize, sources=sources, records=eval_records, tags=tags),
         predict=functools.partial(predict, sources=sources, records=eval_records, tags=tags),
         identity=finetune.identity(config, model_cfg, labels=tags),
-        initial_params=finetune.init_fn(config, model, workdir),
+        initial_params=init_from.init_fn(config, model, workdir),
         tokenizer=tokenizer,
         info={"tags": len(tags), "train documents": len(train_records),
               "train windows": len(train_rows["input_ids"]),
