@@ -123,7 +123,16 @@ def _analysis(compiled) -> dict | None:
             "out": m.output_size_in_bytes, "alias": m.alias_size_in_bytes, "total": total}
 
 
-def run_jax(impl: str, length: int, modes, repeats: int, budget_s: float, block: int = 0):
+def _traced(fn, profile_dir: str, mode: str):
+    """One more call of fn under the JAX profiler (a trace per mode, for TensorBoard/Perfetto)."""
+    import jax
+    if profile_dir:
+        with jax.profiler.trace(os.path.join(profile_dir, mode)):
+            fn()
+
+
+def run_jax(impl: str, length: int, modes, repeats: int, budget_s: float, block: int = 0,
+            profile_dir: str = ""):
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -155,6 +164,7 @@ def run_jax(impl: str, length: int, modes, repeats: int, budget_s: float, block:
         jax.block_until_ready(compiled(params, ids, gmask))  # warm-up
         times = _time(lambda: jax.block_until_ready(compiled(params, ids, gmask)), repeats,
                       budget_s)
+        _traced(lambda: jax.block_until_ready(compiled(params, ids, gmask)), profile_dir, "fwd")
         results["fwd"] = Timing(compile_s, times, peak_rss(), _analysis(compiled))
         results["fwd"].analysis = dict(results["fwd"].analysis or {}, compile_rss=compile_peak)
         del compiled
@@ -182,6 +192,7 @@ def run_jax(impl: str, length: int, modes, repeats: int, budget_s: float, block:
 
         once()  # warm-up
         times = _time(once, repeats, budget_s)
+        _traced(once, profile_dir, "train")
         results["train"] = Timing(compile_s, times, peak_rss(), _analysis(compiled))
         results["train"].analysis = dict(results["train"].analysis or {}, compile_rss=compile_peak)
     return results

@@ -20,6 +20,7 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--budget-s", type=float, default=60.0, help="time cap for the repeats")
     p.add_argument("--block", type=int, default=0, help="attention block size (JAX; 0: default)")
+    p.add_argument("--profile", default="", help="JAX: trace one more call of each mode here")
     args = p.parse_args(argv)
 
     if args.impl == "matmul":
@@ -30,7 +31,7 @@ def main(argv=None):
     family = cases.IMPLS[args.impl][0]
     if family.startswith("jax"):
         res = cases.run_jax(args.impl, args.length, modes, args.repeats, args.budget_s,
-                            args.block)
+                            args.block, args.profile)
     else:
         res = cases.run_torch(args.impl, args.length, modes, args.repeats, args.budget_s)
     out = {}

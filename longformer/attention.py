@@ -1,10 +1,11 @@
 """Longformer attention as pure functions on arrays (no parameters, no modules).
 
 Why it is shaped like this:
-* The band is computed block by block: queries are cut into blocks of `block` rows and each block
-    gathers (a `jax.vmap`ed dynamic slice) only the keys its rows can see, `block + left + right`
-    of them. Work and memory are O(n * (block + left + right)) and no n x n array ever exists.
-    The band is described by its two one-sided extents, so a causal window is `right=0`.
+* The band is computed block by block: a loop over query blocks of `block` rows, each slicing only
+    the `block + left + right` keys its rows can see. Work and memory are O(n * (block + left +
+    right)), no n x n array ever exists, and a block's scores stay in cache from the score matmul to
+    the value matmul. The band is described by its two one-sided extents: a causal window is
+    `right=0`.
 * Dilation d (`dilated_band_attention`, per head) is that same band run on the d interleaved
     subsequences i = r mod d, stacked on the batch axis: no new kernel, still O(n * w).
 * Global tokens are gathered into a static budget of `G` slots per example (`global_token_indices`)
@@ -82,13 +83,6 @@ def scatter_rows(x: jax.Array, index: jax.Array, valid: jax.Array, rows: jax.Arr
     return jax.vmap(lambda xb, ib, rb: xb.at[ib].set(rb.astype(xb.dtype), mode="drop"))(x, index, rows)
 
 
-def _windows(x: jax.Array, num_blocks: int, block: int, span: int) -> jax.Array:
-    """x (B, L, ...) -> (B, num_blocks, span, ...): block i holds x[i*block : i*block + span]."""
-    def one(i):
-        return lax.dynamic_slice_in_dim(x, i * block, span, axis=1)
-    return jax.vmap(one, out_axes=1)(jnp.arange(num_blocks))
-
-
 def _dropout(probs: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
     if rng is None or rate == 0.0:
         return probs
@@ -110,105 +104,6 @@ def _masked_softmax(scores: list[jax.Array], valid: list[jax.Array]) -> list[jax
     return [e * inv for e in expd]
 
 
-_MAX_ALIGNED_PIECES = 9  # above this many key blocks per query block, the window copy wins
-
-
-def _aligned(left: int, right: int, block: int) -> bool:
-    """Whether `_band_attention_aligned` applies: the block divides both extents of the window."""
-    return (left % block == 0 and right % block == 0
-            and (left + right) // block + 1 <= _MAX_ALIGNED_PIECES)
-
-
-def _band_attention_aligned(q, k, v, key_mask, *, left, right, block, query_mask, extra_k,
-                                                        extra_v, extra_mask, dropout_rate, dropout_rng,
-                                                        return_probs):
-    """`band_attention` when `block` divides `left` and `right`.
-
-    Query block i then sees exactly the key blocks i - left/block .. i + right/block, so keys and
-    values are cut into blocks once (a reshape, no overlapping windows copied) and the scores
-    against each neighbouring block are their own batched matmul. The pieces share one softmax.
-    Everything runs head-major, (B, H, blocks, block, D), the layout the matmuls want.
-    """
-    batch, length, heads, dim = q.shape
-    num_blocks = -(-length // block)
-    padded = num_blocks * block
-    tail = padded - length
-    before, after = left // block, right // block
-    pieces = before + after + 1
-
-    def head_blocks(x, lead, trail):  # (B, N, H, D) -> (B, H, lead + nb + trail, block, D)
-        x = jnp.pad(x, ((0, 0), (lead * block, tail + trail * block), (0, 0), (0, 0)))
-        return x.reshape(batch, -1, block, heads, dim).transpose(0, 3, 1, 2, 4)
-
-    q_blocks = head_blocks(q, 0, 0)
-    k_blocks = head_blocks(k, before, after)
-    v_blocks = head_blocks(v, before, after)
-    m_blocks = jnp.pad(key_mask.astype(bool), ((0, 0), (left, tail + right))).reshape(
-            batch, -1, block)
-    rel = jnp.arange(block)[None, :] - jnp.arange(block)[:, None]  # key - query inside a block
-
-    all_scores, all_valid = [], []
-    if extra_k is not None:
-        all_scores.append(jnp.einsum("bhncd,bghd->bhncg", q_blocks, extra_k,
-                                                                  preferred_element_type=jnp.float32))
-        all_valid.append(extra_mask.astype(bool)[:, None, None, None, :])
-    for j in range(pieces):
-        offset = rel + (j - before) * block  # key - query
-        in_band = (offset >= -left) & (offset <= right)
-        keys = k_blocks[:, :, j:j + num_blocks]
-        all_scores.append(jnp.einsum("bhncd,bhnsd->bhncs", q_blocks, keys,
-                                                                  preferred_element_type=jnp.float32))
-        all_valid.append(in_band[None, None, None] & m_blocks[:, None, j:j + num_blocks, None, :])
-    # Softmax with the normalisation moved after the value matmul: the exponentials feed the
-    # matmuls as they are and the (rows, D) result is scaled, saving a pass over the weights.
-    expd, inv = _masked_exp(all_scores, all_valid)
-    if query_mask is not None:
-        q_ok = jnp.pad(query_mask.astype(bool), ((0, 0), (0, tail)))
-        inv = jnp.where(q_ok.reshape(batch, 1, num_blocks, block, 1), inv, 0.0)
-    used = expd
-    if dropout_rate > 0.0 and dropout_rng is not None:
-        rngs = jax.random.split(dropout_rng, len(expd))
-        used = [_dropout(e, dropout_rate, r) for e, r in zip(expd, rngs)]
-
-    band_used = used[1:] if extra_k is not None else used
-    out = None
-    for j, e in enumerate(band_used):
-        part = jnp.einsum("bhncs,bhnsd->bhncd", e.astype(v.dtype),
-                                          v_blocks[:, :, j:j + num_blocks], preferred_element_type=jnp.float32)
-        out = part if out is None else out + part
-    if extra_k is not None:
-        out = out + jnp.einsum("bhncg,bghd->bhncd", used[0].astype(v.dtype), extra_v,
-                                                      preferred_element_type=jnp.float32)
-    out = out * inv
-    out = out.transpose(0, 2, 3, 1, 4).reshape(batch, padded, heads, dim)[:, :length]
-    out = out.astype(v.dtype)
-    if not return_probs:
-        return out
-
-    weights = [e * inv for e in expd]
-    # Column P of the concatenated pieces is offset P - row - left: band column t is P = row + t.
-    band_weights = weights[1:] if extra_k is not None else weights
-    joined = jnp.concatenate(band_weights, axis=-1)  # (B, H, nb, c, pieces * block)
-    width = left + right + 1
-    take = jnp.arange(block)[:, None] + jnp.arange(width)[None, :]
-    band = jnp.take_along_axis(joined, take[None, None, None], axis=-1)
-    band = band.reshape(batch, heads, padded, width)[:, :, :length]
-    if extra_k is not None:
-        g = weights[0].reshape(batch, heads, padded, -1)[:, :, :length]
-        band = jnp.concatenate([g, band], axis=-1)
-    return out, band
-
-
-def _masked_exp(scores: list[jax.Array], valid: list[jax.Array]):
-    """Unnormalised `_masked_softmax`: the masked exponentials and 1 / their row sum (0 rows: 1)."""
-    scores = [jnp.where(m, s.astype(jnp.float32), _NEG) for s, m in zip(scores, valid)]
-    peak = functools.reduce(jnp.maximum, [jnp.max(s, axis=-1, keepdims=True) for s in scores])
-    peak = lax.stop_gradient(peak)
-    expd = [jnp.where(m, jnp.exp(s - peak), 0.0) for s, m in zip(scores, valid)]
-    total = functools.reduce(jnp.add, [jnp.sum(e, axis=-1, keepdims=True) for e in expd])
-    return expd, 1.0 / jnp.where(total > 0, total, 1.0)
-
-
 def band_attention(
         q: jax.Array,
         k: jax.Array,
@@ -228,6 +123,14 @@ def band_attention(
 ):
     """Sliding-window attention: query i sees keys i-left .. i+right where key_mask holds.
 
+    A loop (`lax.map`) over query blocks: block i slices the `block + left + right` keys its rows
+    can see and runs scores, masked float32 softmax and values on them. Why a loop and not one
+    big batched einsum: a block's scores (heads x block x span floats, a few MB) stay in cache
+    from the score matmul through the softmax to the value matmul, where the batched form writes
+    and rereads every score through main memory (2-3x slower on CPU, measured in bench/). The body
+    is rematerialised, so the backward pass recomputes a block's scores instead of storing all of
+    them: memory O(n * d), never O(n * w) per layer.
+
     Args:
         q, k, v: (B, N, H, D); q already scaled.
         key_mask: (B, N) bool, the keys that may appear in a band.
@@ -244,71 +147,100 @@ def band_attention(
     """
     batch, length, heads, dim = q.shape
     block = block or default_block_size(left, right, length)
-    if _aligned(left, right, block):
-        return _band_attention_aligned(
-                q, k, v, key_mask, left=left, right=right, block=block, query_mask=query_mask,
-                extra_k=extra_k, extra_v=extra_v, extra_mask=extra_mask, dropout_rate=dropout_rate,
-                dropout_rng=dropout_rng, return_probs=return_probs)
     num_blocks = -(-length // block)
     padded = num_blocks * block
     span = block + left + right
-
     tail = padded - length
-    q = jnp.pad(q, ((0, 0), (0, tail), (0, 0), (0, 0)))
-    pad_kv = ((0, 0), (left, tail + right), (0, 0), (0, 0))
-    k_blocks = _windows(jnp.pad(k, pad_kv), num_blocks, block, span)  # (B, nb, S, H, D)
-    v_blocks = _windows(jnp.pad(v, pad_kv), num_blocks, block, span)
-    m_blocks = _windows(jnp.pad(key_mask.astype(bool), ((0, 0), (left, tail + right))),
-                                            num_blocks, block, span)  # (B, nb, S)
-    q_blocks = q.reshape(batch, num_blocks, block, heads, dim)
+    use_extra = extra_k is not None
 
-    scores = jnp.einsum("bnchd,bnshd->bnhcs", q_blocks, k_blocks,
-                                            preferred_element_type=jnp.float32)
+    def head_major(x, before, after):  # (B, N, H, D) -> (B, H, before + N + after, D)
+        return jnp.pad(x, ((0, 0), (before, after), (0, 0), (0, 0))).transpose(0, 2, 1, 3)
+
+    q_h = head_major(q, 0, tail)
+    k_t = head_major(k, left, tail + right).swapaxes(2, 3)  # (B, H, D, L): scores as a plain matmul
+    v_h = head_major(v, left, tail + right)
+    keys_ok = jnp.pad(key_mask.astype(bool), ((0, 0), (left, tail + right)))
+    rows_ok = (None if query_mask is None
+               else jnp.pad(query_mask.astype(bool), ((0, 0), (0, tail))))
     offset = jnp.arange(span)[None, :] - jnp.arange(block)[:, None]  # key - query + left
-    in_band = (offset >= 0) & (offset <= left + right)
-    valid = in_band[None, None, None] & m_blocks[:, :, None, None, :]
+    in_band = (offset >= 0) & (offset <= left + right)  # (block, span)
+    if use_extra:
+        extra_kt = extra_k.transpose(0, 2, 3, 1)  # (B, H, D, G)
+        extra_vh = extra_v.transpose(0, 2, 1, 3)  # (B, H, G, D)
+        extra_ok = extra_mask.astype(bool)[:, None, None, :]
+    dropping = dropout_rate > 0.0 and dropout_rng is not None
 
-    all_scores, all_valid = [scores], [valid]
-    if extra_k is not None:
-        g_scores = jnp.einsum("bnchd,bghd->bnhcg", q_blocks, extra_k,
-                                                    preferred_element_type=jnp.float32)
-        all_scores.insert(0, g_scores)
-        all_valid.insert(0, extra_mask.astype(bool)[:, None, None, None, :])
-    probs = _masked_softmax(all_scores, all_valid)
+    def one_block(i):
+        start = i * block
+        q_b = lax.dynamic_slice_in_dim(q_h, start, block, axis=2)
+        k_b = lax.dynamic_slice_in_dim(k_t, start, span, axis=3)
+        v_b = lax.dynamic_slice_in_dim(v_h, start, span, axis=2)
+        ok = in_band & lax.dynamic_slice_in_dim(keys_ok, start, span, axis=1)[:, None, None, :]
+        scores = [jnp.where(ok, jnp.einsum("bhcd,bhds->bhcs", q_b, k_b,
+                                           preferred_element_type=jnp.float32), _NEG)]
+        values = [v_b]
+        if use_extra:
+            scores.insert(0, jnp.where(extra_ok, jnp.einsum(
+                "bhcd,bhdg->bhcg", q_b, extra_kt, preferred_element_type=jnp.float32), _NEG))
+            values.insert(0, extra_vh)
+        # Float32 softmax, normalised after the value matmul (one scaling of (block, D) rows
+        # instead of (block, span) weights). The peak's floor makes a row with no visible key
+        # give exp(-1e30 + 1e20) = 0 everywhere, so masked entries need no second select.
+        peak = functools.reduce(jnp.maximum, [jnp.max(s, axis=-1, keepdims=True) for s in scores])
+        peak = lax.stop_gradient(jnp.maximum(peak, -1e20))
+        expd = [jnp.exp(s - peak) for s in scores]
+        total = functools.reduce(jnp.add, [jnp.sum(e, axis=-1, keepdims=True) for e in expd])
+        inv = 1.0 / jnp.where(total > 0, total, 1.0)
+        if rows_ok is not None:
+            inv = jnp.where(lax.dynamic_slice_in_dim(rows_ok, start, block, axis=1)[
+                :, None, :, None], inv, 0.0)
+        used = expd
+        if dropping:
+            rng = jax.random.fold_in(dropout_rng, i)
+            used = [_dropout(e, dropout_rate, r)
+                    for e, r in zip(expd, jax.random.split(rng, len(expd)))]
+        out = functools.reduce(jnp.add, [
+            jnp.einsum("bhcs,bhsd->bhcd", e.astype(v.dtype), x, preferred_element_type=jnp.float32)
+            for e, x in zip(used, values)])
+        out = (out * inv).astype(v.dtype)
+        if not return_probs:
+            return out
+        # Band column t of row r is key r + t of the block's span.
+        take = jnp.arange(block)[:, None] + jnp.arange(left + right + 1)[None, :]
+        weights = jnp.take_along_axis(expd[-1] * inv, take[None, None], axis=-1)
+        if use_extra:
+            weights = jnp.concatenate([expd[0] * inv, weights], axis=-1)
+        return out, weights
 
-    if query_mask is not None:
-        q_ok = jnp.pad(query_mask.astype(bool), ((0, 0), (0, tail)))
-        q_ok = q_ok.reshape(batch, num_blocks, 1, block, 1)
-        probs = [jnp.where(q_ok, p, 0.0) for p in probs]
-    weights = probs
-    if dropout_rate > 0.0 and dropout_rng is not None:
-        rngs = jax.random.split(dropout_rng, len(probs))
-        probs = [_dropout(p, dropout_rate, r) for p, r in zip(probs, rngs)]
-
-    out = jnp.einsum("bnhcs,bnshd->bnchd", probs[-1].astype(v.dtype), v_blocks,
-                                      preferred_element_type=jnp.float32)
-    if extra_k is not None:
-        out = out + jnp.einsum("bnhcg,bghd->bnchd", probs[0].astype(v.dtype), extra_v,
-                                                      preferred_element_type=jnp.float32)
-    out = out.reshape(batch, padded, heads, dim)[:, :length].astype(v.dtype)
+    result = lax.map(jax.checkpoint(one_block, prevent_cse=False), jnp.arange(num_blocks))
+    out, weights = result if return_probs else (result, None)
+    # (nb, B, H, block, D) -> (B, N, H, D)
+    out = out.transpose(1, 0, 3, 2, 4).reshape(batch, padded, heads, dim)[:, :length]
     if not return_probs:
         return out
+    weights = weights.transpose(1, 2, 0, 3, 4).reshape(batch, heads, padded, -1)[:, :, :length]
+    return out, weights
 
-    # Band weights as (query, relative offset): column t + j of block row t is offset j.
-    width = left + right + 1
-    take = jnp.arange(block)[:, None] + jnp.arange(width)[None, :]  # (c, W)
-    band = jnp.take_along_axis(weights[-1], take[None, None, None], axis=-1)  # (B, nb, H, c, W)
-    band = band.transpose(0, 2, 1, 3, 4).reshape(batch, heads, padded, width)[:, :, :length]
-    if extra_k is not None:
-        g = weights[0].transpose(0, 2, 1, 3, 4).reshape(batch, heads, padded, -1)[:, :, :length]
-        band = jnp.concatenate([g, band], axis=-1)
-    return out, band
+
+class GlobalProjection(NamedTuple):
+    """`key_global` / `value_global` of every token, left unprojected: the input and the weights.
+
+    The global rows need only q_g . K_g^T and P . V_g, and both factor through the input:
+    q_g . (x W_k + b_k)^T = (q_g W_k^T) . x^T + q_g . b_k, and P (x W_v + b_v) = (P x) W_v +
+    (sum P) b_v. That costs O(N * E * H * G) instead of projecting every token, O(N * E * E): for
+    a few global tokens (G < head size) about 1% of the work, for the same result up to rounding.
+    """
+    x: jax.Array  # (B, N, E) the layer's input
+    key_kernel: jax.Array  # (E, H, D)
+    key_bias: jax.Array  # (H, D)
+    value_kernel: jax.Array  # (E, H, D)
+    value_bias: jax.Array  # (H, D)
 
 
 def global_attention(
         q_global: jax.Array,
-        k: jax.Array,
-        v: jax.Array,
+        k: jax.Array | GlobalProjection,
+        v: jax.Array | None,
         key_mask: jax.Array,
         *,
         dropout_rate: float = 0.0,
@@ -316,14 +248,35 @@ def global_attention(
 ):
     """The global tokens' own rows: q_global (B, G, H, D) against every key where key_mask holds.
 
+    k, v: (B, N, H, D) projected keys and values, or k a `GlobalProjection` (and v None).
     Returns out (B, G, H, D) and the weights (B, H, G, N). O(N * G).
     """
-    scores = jnp.einsum("bghd,bnhd->bhgn", q_global, k, preferred_element_type=jnp.float32)
-    (probs,) = _masked_softmax([scores], [key_mask.astype(bool)[:, None, None, :]])
+    mask = [key_mask.astype(bool)[:, None, None, :]]
+    if not isinstance(k, GlobalProjection):
+        scores = jnp.einsum("bghd,bnhd->bhgn", q_global, k, preferred_element_type=jnp.float32)
+        (probs,) = _masked_softmax([scores], mask)
+        dropped = _dropout(probs, dropout_rate, dropout_rng)
+        out = jnp.einsum("bhgn,bnhd->bghd", dropped.astype(v.dtype), v,
+                         preferred_element_type=jnp.float32)
+        return out.astype(v.dtype), probs
+
+    p = k
+    dtype = p.x.dtype
+    q_in = jnp.einsum("bghd,ehd->bghe", q_global, p.key_kernel.astype(dtype),
+                      preferred_element_type=jnp.float32)  # the query mapped back to the input
+    q_bias = jnp.einsum("bghd,hd->bhg", q_global, p.key_bias.astype(dtype),
+                        preferred_element_type=jnp.float32)
+    scores = jnp.einsum("bghe,bne->bhgn", q_in.astype(dtype), p.x,
+                        preferred_element_type=jnp.float32) + q_bias[..., None]
+    (probs,) = _masked_softmax([scores], mask)
     dropped = _dropout(probs, dropout_rate, dropout_rng)
-    out = jnp.einsum("bhgn,bnhd->bghd", dropped.astype(v.dtype), v,
-                                      preferred_element_type=jnp.float32)
-    return out.astype(v.dtype), probs
+    pooled = jnp.einsum("bhgn,bne->bghe", dropped.astype(dtype), p.x,
+                        preferred_element_type=jnp.float32)
+    out = jnp.einsum("bghe,ehd->bghd", pooled.astype(dtype), p.value_kernel.astype(dtype),
+                     preferred_element_type=jnp.float32)
+    out = out + jnp.sum(dropped, axis=-1).transpose(0, 2, 1)[..., None] * p.value_bias.astype(
+        jnp.float32)
+    return out.astype(dtype), probs
 
 
 def longformer_attention(
@@ -353,7 +306,8 @@ def longformer_attention(
             and rows are not dilated.
         globals_: slots of the global tokens (None or a zero budget: local attention only).
         q_global: (B, G, H, D) `query_global` of the global tokens (scaled);
-        k_global, v_global: (B, N, H, D) `key_global` / `value_global` of every token.
+        k_global, v_global: (B, N, H, D) `key_global` / `value_global` of every token, or
+            k_global a `GlobalProjection` and v_global None.
 
     Returns out (B, N, H, D); with return_probs (out, local weights (B, H, N, G + left + right + 1)
     with global rows zeroed, global weights (B, H, N, G) or None without global tokens).
@@ -383,7 +337,7 @@ def longformer_attention(
     out, local_probs = result if return_probs else (result, None)
 
     g_out, g_probs = global_attention(q_global, k_global, v_global, attention_mask,
-                                                                        dropout_rate=dropout_rate, dropout_rng=rngs[1])
+                                      dropout_rate=dropout_rate, dropout_rng=rngs[1])
     out = scatter_rows(out, globals_.index, globals_.valid, g_out)
     if not return_probs:
         return out

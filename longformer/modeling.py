@@ -170,9 +170,14 @@ class LongformerSelfAttention(nn.Module):
         use_global = globals_ is not None
         dtype = cfg.compute_dtype
 
-        names = ["query", "key", "value"] + (["key_global", "value_global"] if use_global else [])
-        params = {n: DenseParams(hidden, cfg, ("embed", "heads"), name=n)(hidden) for n in names}
-        # One matmul for every projection that reads all tokens.
+        # The global rows need key_global / value_global of every token. With fewer global slots
+        # than the head size they are cheaper left unprojected (`attention.GlobalProjection`);
+        # otherwise they ride along with the local projections in one matmul.
+        factored = use_global and globals_.index.shape[1] < dim
+        global_names = ["key_global", "value_global"] if use_global else []
+        params = {n: DenseParams(hidden, cfg, ("embed", "heads"), name=n)(hidden)
+                  for n in ["query", "key", "value"] + global_names}
+        names = ["query", "key", "value"] + ([] if factored else global_names)
         kernel = jnp.concatenate([params[n][0] for n in names], axis=1).astype(dtype)
         bias = jnp.concatenate([params[n][1] for n in names]).astype(dtype)
         fused = jnp.dot(x.astype(dtype), kernel) + bias
@@ -189,7 +194,14 @@ class LongformerSelfAttention(nn.Module):
             q_global = jnp.dot(x_global, qg_kernel.astype(dtype)) + qg_bias.astype(dtype)
             q_global = (q_global.astype(jnp.float32) * scale).astype(dtype)
             q_global = q_global.reshape(batch, -1, heads, dim)
-            k_global, v_global = proj["key_global"], proj["value_global"]
+            if factored:
+                (k_kernel, k_bias), (v_kernel, v_bias) = params["key_global"], params["value_global"]
+                k_global = attn_op.GlobalProjection(
+                    x.astype(dtype), k_kernel.reshape(hidden, heads, dim),
+                    k_bias.reshape(heads, dim), v_kernel.reshape(hidden, heads, dim),
+                    v_bias.reshape(heads, dim))
+            else:
+                k_global, v_global = proj["key_global"], proj["value_global"]
 
         rate = cfg.attention_probs_dropout_prob
         rng = None if deterministic or rate == 0.0 else self.make_rng("dropout")

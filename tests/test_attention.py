@@ -623,3 +623,29 @@ def test_padding_token_in_global_slots_is_ignored():
     local = A.longformer_attention(q, k, v, am, left=1, right=1)
     np.testing.assert_array_equal(np.asarray(with_pad), np.asarray(local))
     assert np.all(np.asarray(with_pad)[0, 4:] == 0)
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.3])
+def test_global_projection_equals_projected_keys(rate):
+    """The factored global rows (keys/values left unprojected) equal projecting every token."""
+    rng = np.random.RandomState(3)
+    b, n, e, h, d, g = 2, 29, 24, 3, 8, 2
+    x = jnp.asarray(rng.randn(b, n, e), jnp.float32)
+    wk, wv = (jnp.asarray(rng.randn(e, h, d) / 5, jnp.float32) for _ in range(2))
+    bk, bv = (jnp.asarray(rng.randn(h, d), jnp.float32) for _ in range(2))
+    qg = jnp.asarray(rng.randn(b, g, h, d), jnp.float32)
+    mask = jnp.asarray(rng.rand(b, n) > 0.3)
+    kw = dict(dropout_rate=rate, dropout_rng=jax.random.key(0) if rate else None)
+    k = jnp.einsum("bne,ehd->bnhd", x, wk) + bk
+    v = jnp.einsum("bne,ehd->bnhd", x, wv) + bv
+    want, want_p = A.global_attention(qg, k, v, mask, **kw)
+    got, got_p = A.global_attention(qg, A.GlobalProjection(x, wk, bk, wv, bv), None, mask, **kw)
+    np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-5)
+    np.testing.assert_allclose(got_p, want_p, atol=1e-6)
+    grad = jax.grad(lambda x, f: jnp.sum(jnp.sin(f(x))), argnums=0)
+    np.testing.assert_allclose(
+        grad(x, lambda x: A.global_attention(qg, A.GlobalProjection(x, wk, bk, wv, bv), None,
+                                             mask)[0]),
+        grad(x, lambda x: A.global_attention(qg, jnp.einsum("bne,ehd->bnhd", x, wk) + bk,
+                                             jnp.einsum("bne,ehd->bnhd", x, wv) + bv, mask)[0]),
+        atol=2e-5)
