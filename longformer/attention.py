@@ -104,6 +104,137 @@ def _masked_softmax(scores: list[jax.Array], valid: list[jax.Array]) -> list[jax
     return [e * inv for e in expd]
 
 
+class _Band(NamedTuple):
+    """The band's operands laid out for the block loop: head-major, padded so that every block's
+    window is in range. Built once per call and sliced per block."""
+    q: jax.Array  # (B, H, nb * block, D)
+    k_t: jax.Array  # (B, H, D, left + nb * block + right): scores are a plain matmul
+    v: jax.Array  # (B, H, left + nb * block + right, D)
+    extra_k_t: jax.Array | None  # (B, H, D, G)
+    extra_v: jax.Array | None  # (B, H, G, D)
+    keys_ok: jax.Array  # (B, left + nb * block + right) bool
+    rows_ok: jax.Array  # (B, nb * block) bool
+    extra_ok: jax.Array | None  # (B, 1, 1, G) bool
+
+
+def _block(band: _Band, i, *, block: int, width: int, rate: float, rng):
+    """Query block i: its queries, keys and values (the extra columns first, then the band), the
+    float32 exponentials of its scores, 1 / their row sum (0 on padding rows) and the dropout
+    keep masks (None without dropout)."""
+    span = block + width - 1
+    start = i * block
+    q = lax.dynamic_slice_in_dim(band.q, start, block, axis=2)
+    keys = [lax.dynamic_slice_in_dim(band.k_t, start, span, axis=3)]
+    values = [lax.dynamic_slice_in_dim(band.v, start, span, axis=2)]
+    offset = jnp.arange(span)[None, :] - jnp.arange(block)[:, None]  # key - query + left
+    masks = [((offset >= 0) & (offset < width))[None, None]
+             & lax.dynamic_slice_in_dim(band.keys_ok, start, span, axis=1)[:, None, None, :]]
+    if band.extra_k_t is not None:
+        keys.insert(0, band.extra_k_t)
+        values.insert(0, band.extra_v)
+        masks.insert(0, band.extra_ok)
+    scores = [jnp.where(m, jnp.einsum("bhcd,bhds->bhcs", q, k, preferred_element_type=jnp.float32),
+                        _NEG) for k, m in zip(keys, masks)]
+    # The peak's floor makes a row with no visible key give exp(-1e30 + 1e20) = 0 everywhere,
+    # so masked entries need no second select.
+    peak = functools.reduce(jnp.maximum, [jnp.max(s, axis=-1, keepdims=True) for s in scores])
+    peak = lax.stop_gradient(jnp.maximum(peak, -1e20))
+    expd = [jnp.exp(s - peak) for s in scores]
+    total = functools.reduce(jnp.add, [jnp.sum(e, axis=-1, keepdims=True) for e in expd])
+    row_ok = lax.dynamic_slice_in_dim(band.rows_ok, start, block, axis=1)[:, None, :, None]
+    inv = jnp.where(row_ok, 1.0 / jnp.where(total > 0, total, 1.0), 0.0)
+    keep = [None] * len(expd)
+    if rate > 0.0 and rng is not None:
+        rngs = jax.random.split(jax.random.fold_in(rng, i), len(expd))
+        keep = [jax.random.bernoulli(r, 1.0 - rate, e.shape) for r, e in zip(rngs, expd)]
+    return q, keys, values, expd, inv, keep
+
+
+def _dropped(p, keep, rate):
+    return p if keep is None else jnp.where(keep, p / (1.0 - rate), 0.0)
+
+
+def _block_out(values, expd, inv, keep, rate, dtype):
+    """Softmax(scores) @ values, normalised after the matmul (one scaling of (block, D) rows
+    instead of (block, span) weights)."""
+    out = functools.reduce(jnp.add, [
+        jnp.einsum("bhcs,bhsd->bhcd", _dropped(e, k, rate).astype(dtype), v,
+                   preferred_element_type=jnp.float32)
+        for e, v, k in zip(expd, values, keep)])
+    return (out * inv).astype(dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _band_loop(band: _Band, rng, block: int, width: int, rate: float):
+    """out (nb, B, H, block, D), one query block per loop step.
+
+    Its VJP recomputes a block's scores instead of storing them (flash-attention style: memory
+    O(n * d), never O(n * w) per layer) and runs every matmul with float32 results, which is
+    both exact and the fast path for bfloat16 on CPU; it does one matmul fewer per block than
+    differentiating a rematerialised forward.
+    """
+    return _band_loop_fwd(band, rng, block, width, rate)[0]
+
+
+def _band_loop_fwd(band, rng, block, width, rate):
+    def one(i):
+        _, _, values, expd, inv, keep = _block(band, i, block=block, width=width, rate=rate,
+                                               rng=rng)
+        return _block_out(values, expd, inv, keep, rate, band.v.dtype)
+
+    out = lax.map(one, jnp.arange(band.q.shape[2] // block))
+    return out, (band, rng, out)
+
+
+def _band_loop_bwd(block, width, rate, res, d_out):
+    band, rng, out = res
+    span = block + width - 1
+    dtype, f32 = band.v.dtype, jnp.float32
+
+    def step(carry, xs):
+        d_k_t, d_v, d_extra_k_t, d_extra_v = carry
+        i, out_b, d_out_b = xs
+        start = i * block
+        q, keys, values, expd, inv, keep = _block(band, i, block=block, width=width, rate=rate,
+                                                  rng=rng)
+        d_out_b = d_out_b.astype(dtype)
+        # d score = p * (d p - sum_j p_j d p_j), and that sum is d_out . out (dropout included).
+        delta = jnp.sum(d_out_b.astype(f32) * out_b.astype(f32), axis=-1, keepdims=True)
+        d_q, d_keys, d_values = 0.0, [], []
+        for k, v, e, kp in zip(keys, values, expd, keep):
+            p = e * inv
+            d_values.append(jnp.einsum("bhcs,bhcd->bhsd", _dropped(p, kp, rate).astype(dtype),
+                                       d_out_b, preferred_element_type=f32))
+            d_p = _dropped(jnp.einsum("bhcd,bhsd->bhcs", d_out_b, v, preferred_element_type=f32),
+                           kp, rate)
+            d_s = (p * (d_p - delta)).astype(dtype)
+            d_q = d_q + jnp.einsum("bhcs,bhds->bhcd", d_s, k, preferred_element_type=f32)
+            d_keys.append(jnp.einsum("bhcd,bhcs->bhds", q, d_s, preferred_element_type=f32))
+        if band.extra_k_t is not None:
+            d_extra_k_t = d_extra_k_t + d_keys.pop(0)
+            d_extra_v = d_extra_v + d_values.pop(0)
+        window_k = lax.dynamic_slice_in_dim(d_k_t, start, span, axis=3)
+        window_v = lax.dynamic_slice_in_dim(d_v, start, span, axis=2)
+        d_k_t = lax.dynamic_update_slice_in_dim(d_k_t, window_k + d_keys[0], start, axis=3)
+        d_v = lax.dynamic_update_slice_in_dim(d_v, window_v + d_values[0], start, axis=2)
+        return (d_k_t, d_v, d_extra_k_t, d_extra_v), d_q
+
+    zeros = lambda x: None if x is None else jnp.zeros(x.shape, f32)  # noqa: E731
+    init = (zeros(band.k_t), zeros(band.v), zeros(band.extra_k_t), zeros(band.extra_v))
+    num_blocks = band.q.shape[2] // block
+    (d_k_t, d_v, d_extra_k_t, d_extra_v), d_q = lax.scan(
+        step, init, (jnp.arange(num_blocks), out, d_out))
+    d_q = jnp.moveaxis(d_q, 0, 2).reshape(band.q.shape)
+    cast = lambda d, x: None if x is None else d.astype(x.dtype)  # noqa: E731
+    d_band = _Band(cast(d_q, band.q), cast(d_k_t, band.k_t), cast(d_v, band.v),
+                   cast(d_extra_k_t, band.extra_k_t), cast(d_extra_v, band.extra_v),
+                   None, None, None)
+    return d_band, None
+
+
+_band_loop.defvjp(_band_loop_fwd, _band_loop_bwd)
+
+
 def band_attention(
         q: jax.Array,
         k: jax.Array,
@@ -123,13 +254,11 @@ def band_attention(
 ):
     """Sliding-window attention: query i sees keys i-left .. i+right where key_mask holds.
 
-    A loop (`lax.map`) over query blocks: block i slices the `block + left + right` keys its rows
-    can see and runs scores, masked float32 softmax and values on them. Why a loop and not one
-    big batched einsum: a block's scores (heads x block x span floats, a few MB) stay in cache
-    from the score matmul through the softmax to the value matmul, where the batched form writes
-    and rereads every score through main memory (2-3x slower on CPU, measured in bench/). The body
-    is rematerialised, so the backward pass recomputes a block's scores instead of storing all of
-    them: memory O(n * d), never O(n * w) per layer.
+    A loop over query blocks: block i slices the `block + left + right` keys its rows can see and
+    runs scores, masked float32 softmax and values on them. Why a loop and not one big batched
+    einsum: a block's scores (heads x block x span floats, a few MB) stay in cache from the score
+    matmul through the softmax to the value matmul, where the batched form writes and rereads
+    every score through main memory (about 3x slower on CPU; bench/README.md).
 
     Args:
         q, k, v: (B, N, H, D); q already scaled.
@@ -147,79 +276,44 @@ def band_attention(
     """
     batch, length, heads, dim = q.shape
     block = block or default_block_size(left, right, length)
+    width = left + right + 1
     num_blocks = -(-length // block)
     padded = num_blocks * block
-    span = block + left + right
     tail = padded - length
-    use_extra = extra_k is not None
 
     def head_major(x, before, after):  # (B, N, H, D) -> (B, H, before + N + after, D)
         return jnp.pad(x, ((0, 0), (before, after), (0, 0), (0, 0))).transpose(0, 2, 1, 3)
 
-    q_h = head_major(q, 0, tail)
-    k_t = head_major(k, left, tail + right).swapaxes(2, 3)  # (B, H, D, L): scores as a plain matmul
-    v_h = head_major(v, left, tail + right)
-    keys_ok = jnp.pad(key_mask.astype(bool), ((0, 0), (left, tail + right)))
-    rows_ok = (None if query_mask is None
-               else jnp.pad(query_mask.astype(bool), ((0, 0), (0, tail))))
-    offset = jnp.arange(span)[None, :] - jnp.arange(block)[:, None]  # key - query + left
-    in_band = (offset >= 0) & (offset <= left + right)  # (block, span)
-    if use_extra:
-        extra_kt = extra_k.transpose(0, 2, 3, 1)  # (B, H, D, G)
-        extra_vh = extra_v.transpose(0, 2, 1, 3)  # (B, H, G, D)
-        extra_ok = extra_mask.astype(bool)[:, None, None, :]
-    dropping = dropout_rate > 0.0 and dropout_rng is not None
+    use_extra = extra_k is not None
+    band = _Band(
+        q=head_major(q, 0, tail), k_t=head_major(k, left, tail + right).swapaxes(2, 3),
+        v=head_major(v, left, tail + right),
+        extra_k_t=extra_k.transpose(0, 2, 3, 1) if use_extra else None,
+        extra_v=extra_v.transpose(0, 2, 1, 3) if use_extra else None,
+        keys_ok=jnp.pad(key_mask.astype(bool), ((0, 0), (left, tail + right))),
+        rows_ok=jnp.pad(jnp.ones((batch, length), bool) if query_mask is None
+                        else query_mask.astype(bool), ((0, 0), (0, tail))),
+        extra_ok=extra_mask.astype(bool)[:, None, None, :] if use_extra else None)
+    rate = float(dropout_rate) if dropout_rng is not None else 0.0
 
-    def one_block(i):
-        start = i * block
-        q_b = lax.dynamic_slice_in_dim(q_h, start, block, axis=2)
-        k_b = lax.dynamic_slice_in_dim(k_t, start, span, axis=3)
-        v_b = lax.dynamic_slice_in_dim(v_h, start, span, axis=2)
-        ok = in_band & lax.dynamic_slice_in_dim(keys_ok, start, span, axis=1)[:, None, None, :]
-        scores = [jnp.where(ok, jnp.einsum("bhcd,bhds->bhcs", q_b, k_b,
-                                           preferred_element_type=jnp.float32), _NEG)]
-        values = [v_b]
-        if use_extra:
-            scores.insert(0, jnp.where(extra_ok, jnp.einsum(
-                "bhcd,bhdg->bhcg", q_b, extra_kt, preferred_element_type=jnp.float32), _NEG))
-            values.insert(0, extra_vh)
-        # Float32 softmax, normalised after the value matmul (one scaling of (block, D) rows
-        # instead of (block, span) weights). The peak's floor makes a row with no visible key
-        # give exp(-1e30 + 1e20) = 0 everywhere, so masked entries need no second select.
-        peak = functools.reduce(jnp.maximum, [jnp.max(s, axis=-1, keepdims=True) for s in scores])
-        peak = lax.stop_gradient(jnp.maximum(peak, -1e20))
-        expd = [jnp.exp(s - peak) for s in scores]
-        total = functools.reduce(jnp.add, [jnp.sum(e, axis=-1, keepdims=True) for e in expd])
-        inv = 1.0 / jnp.where(total > 0, total, 1.0)
-        if rows_ok is not None:
-            inv = jnp.where(lax.dynamic_slice_in_dim(rows_ok, start, block, axis=1)[
-                :, None, :, None], inv, 0.0)
-        used = expd
-        if dropping:
-            rng = jax.random.fold_in(dropout_rng, i)
-            used = [_dropout(e, dropout_rate, r)
-                    for e, r in zip(expd, jax.random.split(rng, len(expd)))]
-        out = functools.reduce(jnp.add, [
-            jnp.einsum("bhcs,bhsd->bhcd", e.astype(v.dtype), x, preferred_element_type=jnp.float32)
-            for e, x in zip(used, values)])
-        out = (out * inv).astype(v.dtype)
-        if not return_probs:
-            return out
-        # Band column t of row r is key r + t of the block's span.
-        take = jnp.arange(block)[:, None] + jnp.arange(left + right + 1)[None, :]
-        weights = jnp.take_along_axis(expd[-1] * inv, take[None, None], axis=-1)
-        if use_extra:
-            weights = jnp.concatenate([expd[0] * inv, weights], axis=-1)
-        return out, weights
+    if not return_probs:
+        out = _band_loop(band, dropout_rng if rate > 0.0 else None, block, width, rate)
+    else:
+        def one(i):
+            _, _, values, expd, inv, keep = _block(band, i, block=block, width=width, rate=rate,
+                                                   rng=dropout_rng)
+            # Band column t of row r is key r + t of the block's span.
+            take = jnp.arange(block)[:, None] + jnp.arange(width)[None, :]
+            weights = [e * inv for e in expd]
+            weights[-1] = jnp.take_along_axis(weights[-1], take[None, None], axis=-1)
+            return (_block_out(values, expd, inv, keep, rate, v.dtype),
+                    jnp.concatenate(weights, axis=-1))
 
-    result = lax.map(jax.checkpoint(one_block, prevent_cse=False), jnp.arange(num_blocks))
-    out, weights = result if return_probs else (result, None)
+        out, weights = lax.map(one, jnp.arange(num_blocks))
+        weights = weights.transpose(1, 2, 0, 3, 4).reshape(batch, heads, padded, -1)
     # (nb, B, H, block, D) -> (B, N, H, D)
     out = out.transpose(1, 0, 3, 2, 4).reshape(batch, padded, heads, dim)[:, :length]
-    if not return_probs:
-        return out
-    weights = weights.transpose(1, 2, 0, 3, 4).reshape(batch, heads, padded, -1)[:, :, :length]
-    return out, weights
+    return (out, weights[:, :, :length]) if return_probs else out
 
 
 class GlobalProjection(NamedTuple):

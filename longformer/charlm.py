@@ -27,7 +27,7 @@ import numpy as np
 from longformer import attention as attn_op
 from longformer.config import LongformerConfig
 from longformer.modeling import (_REMAT_POLICIES, Dense, DenseParams, Embed, LayerNorm, _activation,
-                                 _concrete)
+                                 _concrete, linear)
 
 VOCAB_SIZE = 256  # bytes
 
@@ -73,9 +73,9 @@ class CharLMAttention(nn.Module):
         dtype = cfg.compute_dtype
         names = ("query", "key", "value")
         params = [DenseParams(hidden, cfg, ("embed", "heads"), name=n)(hidden) for n in names]
-        kernel = jnp.concatenate([p[0] for p in params], axis=1).astype(dtype)
-        bias = jnp.concatenate([p[1] for p in params]).astype(dtype)
-        fused = jnp.dot(x.astype(dtype), kernel) + bias  # one matmul for the three projections
+        kernel = jnp.concatenate([p[0].astype(dtype) for p in params], axis=1)
+        bias = jnp.concatenate([p[1] for p in params])
+        fused = linear(x, kernel, bias, dtype)  # one matmul for the three projections
         q, k, v = (t.reshape(batch, length, heads, dim) for t in jnp.split(fused, 3, axis=-1))
         q = rotary(q.astype(jnp.float32) / math.sqrt(dim), positions).astype(dtype)
         k = rotary(k, positions)

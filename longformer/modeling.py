@@ -75,6 +75,44 @@ def _linear_params(module: nn.Module, config: LongformerConfig, in_features: int
     return kernel, bias
 
 
+@jax.custom_vjp
+def _matmul_f32(x, w):
+    """x (..., K) @ w (K, N) in their (low-precision) dtype with a float32 result, and a backward
+    pass whose two matmuls ask for float32 results too (autodiff's would round to the inputs'
+    dtype inside the kernel, which XLA:CPU runs at half speed)."""
+    return jnp.dot(x, w, preferred_element_type=jnp.float32)
+
+
+def _matmul_f32_fwd(x, w):
+    return _matmul_f32(x, w), (x, w)
+
+
+def _matmul_f32_bwd(res, g):
+    x, w = res
+    g = g.astype(x.dtype)  # the output is rounded to x.dtype by its consumer: no loss
+    gx = jnp.dot(g, w.T, preferred_element_type=jnp.float32).astype(x.dtype)
+    gw = jnp.dot(x.reshape(-1, x.shape[-1]).T, g.reshape(-1, g.shape[-1]),
+                 preferred_element_type=jnp.float32).astype(w.dtype)
+    return gx, gw
+
+
+_matmul_f32.defvjp(_matmul_f32_fwd, _matmul_f32_bwd)
+
+
+def linear(x, kernel, bias, dtype):
+    """x @ kernel + bias computed in `dtype`, accumulated and biased in float32, then cast once.
+
+    Asking for a float32 result is also what makes XLA:CPU run bfloat16 matmuls fast (about
+    1.8x float32 there, against 0.8x when the product is rounded to bfloat16 in the kernel).
+    """
+    x, kernel = x.astype(dtype), kernel.astype(dtype)
+    if jnp.dtype(dtype) == jnp.float32:
+        y = jnp.dot(x, kernel)
+    else:
+        y = _matmul_f32(x, kernel)
+    return (y + bias.astype(jnp.float32)).astype(dtype)
+
+
 class Dense(nn.Module):
     """A linear layer with logical axes (`kernel` is [in, out], the transpose of torch's)."""
     features: int
@@ -85,7 +123,7 @@ class Dense(nn.Module):
     def __call__(self, x):
         kernel, bias = _linear_params(self, self.config, x.shape[-1], self.features, self.axes)
         dtype = self.config.compute_dtype
-        return jnp.dot(x.astype(dtype), kernel.astype(dtype)) + bias.astype(dtype)
+        return linear(x, kernel, bias, dtype)
 
 
 class DenseParams(nn.Module):
@@ -178,9 +216,9 @@ class LongformerSelfAttention(nn.Module):
         params = {n: DenseParams(hidden, cfg, ("embed", "heads"), name=n)(hidden)
                   for n in ["query", "key", "value"] + global_names}
         names = ["query", "key", "value"] + ([] if factored else global_names)
-        kernel = jnp.concatenate([params[n][0] for n in names], axis=1).astype(dtype)
-        bias = jnp.concatenate([params[n][1] for n in names]).astype(dtype)
-        fused = jnp.dot(x.astype(dtype), kernel) + bias
+        kernel = jnp.concatenate([params[n][0].astype(dtype) for n in names], axis=1)
+        bias = jnp.concatenate([params[n][1] for n in names])
+        fused = linear(x, kernel, bias, dtype)
         split = jnp.split(fused, len(names), axis=-1)
         proj = {n: s.reshape(batch, length, heads, dim) for n, s in zip(names, split)}
         scale = 1.0 / np.sqrt(dim)
@@ -191,7 +229,7 @@ class LongformerSelfAttention(nn.Module):
             qg_kernel, qg_bias = DenseParams(hidden, cfg, ("embed", "heads"),
                                              name="query_global")(hidden)
             x_global = attn_op.gather_rows(x, globals_.index).astype(dtype)
-            q_global = jnp.dot(x_global, qg_kernel.astype(dtype)) + qg_bias.astype(dtype)
+            q_global = linear(x_global, qg_kernel, qg_bias, dtype)
             q_global = (q_global.astype(jnp.float32) * scale).astype(dtype)
             q_global = q_global.reshape(batch, -1, heads, dim)
             if factored:
@@ -537,7 +575,7 @@ class _LMHead(nn.Module):
         bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)),
                           (cfg.vocab_size,), cfg.params_dtype)
         dtype = cfg.compute_dtype
-        return jnp.dot(h.astype(dtype), word_table.astype(dtype).T) + bias.astype(dtype)
+        return linear(h, word_table.T, bias, dtype)
 
 
 class LongformerForSequenceClassification(nn.Module):
