@@ -40,15 +40,17 @@ ALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "100000000000"}
 # 2-core, 24 GB machine). --no-caps lifts them.
 CAPS = {
     "jax-f32": {"fwd": 131072, "train": 8192},
+    "jax-f32-min": {"fwd": 0, "train": 16384},  # remat changes only the train step
     "jax-f32-remat": {"fwd": 0, "train": 32768},
     "jax-bf16": {"fwd": 131072, "train": 8192},
+    "jax-bf16-min": {"fwd": 0, "train": 16384},
     "jax-bf16-remat": {"fwd": 0, "train": 32768},
     "jax-dense": {"fwd": 4096, "train": 2048},
     "ref": {"fwd": 16384, "train": 4096},
     "roberta-sdpa": {"fwd": 16384, "train": 4096},
 }
-DEFAULT_IMPLS = ["jax-f32", "jax-f32-remat", "jax-bf16", "jax-bf16-remat", "jax-dense", "ref",
-                 "roberta-sdpa"]
+DEFAULT_IMPLS = ["jax-f32", "jax-f32-min", "jax-f32-remat", "jax-bf16", "jax-bf16-min",
+                 "jax-bf16-remat", "jax-dense", "ref", "roberta-sdpa"]
 QUICK_IMPLS = ["jax-f32", "jax-bf16", "jax-dense", "ref", "roberta-sdpa"]
 
 

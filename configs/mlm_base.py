@@ -35,7 +35,7 @@ def get_config():
         # One total window per layer; `--config.model.attention_window=256` sets every layer.
         attention_window=(512,) * 12,
         pad_token_id=1, bos_token_id=0, eos_token_id=2, sep_token_id=2,
-        dtype="float32", param_dtype="float32", max_global_tokens=0, remat="none",
+        dtype="float32", param_dtype="float32", max_global_tokens=0, remat="minimal",
         attention_block_size=0, scan_layers=True))
 
     c.data = data.default_data_config()

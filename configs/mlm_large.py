@@ -11,5 +11,5 @@ def get_config():
     c = mlm_base.get_config()
     c.model.update(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16,
                    attention_window=(512,) * 24,
-                   intermediate_size=4096, remat="dots")
+                   intermediate_size=4096, remat="full")
     return c

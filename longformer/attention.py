@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.ad_checkpoint import checkpoint_name
 
 _NEG = -1e30  # finite stand-in for -inf: keeps masked rows NaN-free in values and gradients
 
@@ -164,30 +165,48 @@ def _block_out(values, expd, inv, keep, rate, dtype):
     return (out * inv).astype(dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _band_loop(band: _Band, rng, block: int, width: int, rate: float):
-    """out (nb, B, H, block, D), one query block per loop step.
+def _from_blocks(x, length):
+    """(nb, B, H, block, D) -> (B, length, H, D)."""
+    nb, batch, heads, block, dim = x.shape
+    return x.transpose(1, 0, 3, 2, 4).reshape(batch, nb * block, heads, dim)[:, :length]
+
+
+def _to_blocks(x, block):
+    """(B, N, H, D) -> (nb, B, H, block, D), zero rows past N."""
+    batch, length, heads, dim = x.shape
+    nb = -(-length // block)
+    x = jnp.pad(x, ((0, 0), (0, nb * block - length), (0, 0), (0, 0)))
+    return x.reshape(batch, nb, block, heads, dim).transpose(1, 0, 3, 2, 4)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _band_loop(band: _Band, rng, block: int, width: int, rate: float, length: int):
+    """out (B, length, H, D), one query block per loop step.
 
     Its VJP recomputes a block's scores instead of storing them (flash-attention style: memory
     O(n * d), never O(n * w) per layer) and runs every matmul with float32 results, which is
     both exact and the fast path for bfloat16 on CPU; it does one matmul fewer per block than
     differentiating a rematerialised forward.
     """
-    return _band_loop_fwd(band, rng, block, width, rate)[0]
+    return _band_loop_fwd(band, rng, block, width, rate, length)[0]
 
 
-def _band_loop_fwd(band, rng, block, width, rate):
+def _band_loop_fwd(band, rng, block, width, rate, length):
     def one(i):
         _, _, values, expd, inv, keep = _block(band, i, block=block, width=width, rate=rate,
                                                rng=rng)
         return _block_out(values, expd, inv, keep, rate, band.v.dtype)
 
-    out = lax.map(one, jnp.arange(band.q.shape[2] // block))
+    # The output is also the residual the backward pass needs (for sum_j p_j d p_j); named, so
+    # that remat="minimal" keeps it rather than rerun the loop.
+    out = checkpoint_name(_from_blocks(lax.map(one, jnp.arange(band.q.shape[2] // block)),
+                                      length), "attention")
     return out, (band, rng, out)
 
 
-def _band_loop_bwd(block, width, rate, res, d_out):
+def _band_loop_bwd(block, width, rate, length, res, d_out):
     band, rng, out = res
+    out, d_out = _to_blocks(out, block), _to_blocks(d_out, block)
     span = block + width - 1
     dtype, f32 = band.v.dtype, jnp.float32
 
@@ -297,23 +316,21 @@ def band_attention(
     rate = float(dropout_rate) if dropout_rng is not None else 0.0
 
     if not return_probs:
-        out = _band_loop(band, dropout_rng if rate > 0.0 else None, block, width, rate)
-    else:
-        def one(i):
-            _, _, values, expd, inv, keep = _block(band, i, block=block, width=width, rate=rate,
-                                                   rng=dropout_rng)
-            # Band column t of row r is key r + t of the block's span.
-            take = jnp.arange(block)[:, None] + jnp.arange(width)[None, :]
-            weights = [e * inv for e in expd]
-            weights[-1] = jnp.take_along_axis(weights[-1], take[None, None], axis=-1)
-            return (_block_out(values, expd, inv, keep, rate, v.dtype),
-                    jnp.concatenate(weights, axis=-1))
+        return _band_loop(band, dropout_rng if rate > 0.0 else None, block, width, rate, length)
 
-        out, weights = lax.map(one, jnp.arange(num_blocks))
-        weights = weights.transpose(1, 2, 0, 3, 4).reshape(batch, heads, padded, -1)
-    # (nb, B, H, block, D) -> (B, N, H, D)
-    out = out.transpose(1, 0, 3, 2, 4).reshape(batch, padded, heads, dim)[:, :length]
-    return (out, weights[:, :, :length]) if return_probs else out
+    def one(i):
+        _, _, values, expd, inv, keep = _block(band, i, block=block, width=width, rate=rate,
+                                               rng=dropout_rng)
+        # Band column t of row r is key r + t of the block's span.
+        take = jnp.arange(block)[:, None] + jnp.arange(width)[None, :]
+        weights = [e * inv for e in expd]
+        weights[-1] = jnp.take_along_axis(weights[-1], take[None, None], axis=-1)
+        return (_block_out(values, expd, inv, keep, rate, v.dtype),
+                jnp.concatenate(weights, axis=-1))
+
+    out, weights = lax.map(one, jnp.arange(num_blocks))
+    weights = weights.transpose(1, 2, 0, 3, 4).reshape(batch, heads, padded, -1)
+    return _from_blocks(out, length), weights[:, :, :length]
 
 
 class GlobalProjection(NamedTuple):
@@ -354,22 +371,19 @@ def global_attention(
                          preferred_element_type=jnp.float32)
         return out.astype(v.dtype), probs
 
-    p = k
-    dtype = p.x.dtype
-    q_in = jnp.einsum("bghd,ehd->bghe", q_global, p.key_kernel.astype(dtype),
-                      preferred_element_type=jnp.float32)  # the query mapped back to the input
-    q_bias = jnp.einsum("bghd,hd->bhg", q_global, p.key_bias.astype(dtype),
-                        preferred_element_type=jnp.float32)
-    scores = jnp.einsum("bghe,bne->bhgn", q_in.astype(dtype), p.x,
-                        preferred_element_type=jnp.float32) + q_bias[..., None]
+    # Float32 throughout: these matmuls are O(N * E * H * G), small, and XLA:CPU has no
+    # low-precision kernel with float32 results for some of their layouts.
+    p = jax.tree.map(lambda a: a.astype(jnp.float32), k)
+    dtype = k.x.dtype
+    q_global = q_global.astype(jnp.float32)
+    q_in = jnp.einsum("bghd,ehd->bghe", q_global, p.key_kernel)  # the query mapped to the input
+    q_bias = jnp.einsum("bghd,hd->bhg", q_global, p.key_bias)
+    scores = jnp.einsum("bghe,bne->bhgn", q_in, p.x) + q_bias[..., None]
     (probs,) = _masked_softmax([scores], mask)
     dropped = _dropout(probs, dropout_rate, dropout_rng)
-    pooled = jnp.einsum("bhgn,bne->bghe", dropped.astype(dtype), p.x,
-                        preferred_element_type=jnp.float32)
-    out = jnp.einsum("bghe,ehd->bghd", pooled.astype(dtype), p.value_kernel.astype(dtype),
-                     preferred_element_type=jnp.float32)
-    out = out + jnp.sum(dropped, axis=-1).transpose(0, 2, 1)[..., None] * p.value_bias.astype(
-        jnp.float32)
+    pooled = jnp.einsum("bhgn,bne->bghe", dropped, p.x)
+    out = jnp.einsum("bghe,ehd->bghd", pooled, p.value_kernel)
+    out = out + jnp.sum(dropped, axis=-1).transpose(0, 2, 1)[..., None] * p.value_bias
     return out.astype(dtype), probs
 
 

@@ -34,7 +34,7 @@ HF_FIELDS = (
 )
 
 ATTENTION_IMPLS = ("banded", "dense")
-REMAT_POLICIES = ("none", "full", "dots", "dots_no_batch")
+REMAT_POLICIES = ("none", "minimal", "full", "dots", "dots_no_batch")
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu", "swish", "tanh")
 
 
@@ -66,7 +66,7 @@ class LongformerConfig:
     dtype: str = "float32"  # compute dtype of matmuls; softmax and LayerNorm statistics stay float32
     param_dtype: str = "float32"
     max_global_tokens: int = 64  # static per-example budget of global tokens; 0 removes the global path
-    remat: str = "none"  # rematerialisation policy per layer: none | full | dots | dots_no_batch
+    remat: str = "none"  # rematerialisation per layer: none | minimal | full | dots | dots_no_batch
     attention_block_size: int = 0  # query block of the banded op; 0 picks one from the window
     scan_layers: bool = False  # lax.scan over runs of layers sharing a window (compile time)
     attention_impl: str = "banded"  # 'banded' | 'dense' (O(N^2) masked attention: a benchmark baseline)

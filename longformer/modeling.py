@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.ad_checkpoint import checkpoint_name
 
 from longformer import attention as attn_op
 from longformer.config import LongformerConfig
@@ -137,6 +138,44 @@ class DenseParams(nn.Module):
         return _linear_params(self, self.config, in_features, self.features, self.axes)
 
 
+def _normalise(x, eps):
+    mean = jnp.mean(x, axis=-1, keepdims=True)
+    centred = x - mean
+    rstd = jax.lax.rsqrt(jnp.mean(jnp.square(centred), axis=-1, keepdims=True) + eps)
+    return centred * rstd, rstd
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def layer_norm(x, scale, bias, eps):
+    """(x - mean) / std * scale + bias over the last axis, all float32.
+
+    Written out with its VJP so that the scale and bias gradients (sums over every row) are
+    matrix-vector products: XLA:CPU's column reductions of a (rows, hidden) array ran 20x slower
+    than the matmul inside a train step (bench/README.md).
+    """
+    return _normalise(x, eps)[0] * scale + bias
+
+
+def _layer_norm_fwd(x, scale, bias, eps):
+    normed, rstd = _normalise(x, eps)
+    return normed * scale + bias, (normed, rstd, scale)
+
+
+def _layer_norm_bwd(eps, res, g):
+    normed, rstd, scale = res
+    rows = g.reshape(-1, g.shape[-1])
+    ones = jnp.ones((1, rows.shape[0]), jnp.float32)
+    d_bias = jnp.dot(ones, rows)[0]
+    d_scale = jnp.dot(ones, rows * normed.reshape(rows.shape))[0]
+    d_normed = g * scale
+    d_x = rstd * (d_normed - jnp.mean(d_normed, axis=-1, keepdims=True)
+                  - normed * jnp.mean(d_normed * normed, axis=-1, keepdims=True))
+    return d_x, d_scale, d_bias
+
+
+layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
+
+
 class LayerNorm(nn.Module):
     """LayerNorm with float32 statistics and the reference's epsilon (`scale` is torch's weight)."""
     config: LongformerConfig
@@ -149,11 +188,8 @@ class LayerNorm(nn.Module):
                            (features,), cfg.params_dtype)
         bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)),
                           (features,), cfg.params_dtype)
-        x32 = x.astype(jnp.float32)
-        mean = jnp.mean(x32, axis=-1, keepdims=True)
-        var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
-        y = (x32 - mean) * jax.lax.rsqrt(var + cfg.layer_norm_eps)
-        y = y * scale.astype(jnp.float32) + bias.astype(jnp.float32)
+        y = layer_norm(x.astype(jnp.float32), scale.astype(jnp.float32),
+                       bias.astype(jnp.float32), cfg.layer_norm_eps)
         return y.astype(cfg.compute_dtype)
 
 
@@ -218,7 +254,7 @@ class LongformerSelfAttention(nn.Module):
         names = ["query", "key", "value"] + ([] if factored else global_names)
         kernel = jnp.concatenate([params[n][0].astype(dtype) for n in names], axis=1)
         bias = jnp.concatenate([params[n][1] for n in names])
-        fused = linear(x, kernel, bias, dtype)
+        fused = checkpoint_name(linear(x, kernel, bias, dtype), "projections")
         split = jnp.split(fused, len(names), axis=-1)
         proj = {n: s.reshape(batch, length, heads, dim) for n, s in zip(names, split)}
         scale = 1.0 / np.sqrt(dim)
@@ -280,7 +316,8 @@ class _AttentionBlock(nn.Module):
     def __call__(self, x, attention_mask, globals_, deterministic, output_attentions):
         a, probs, g_probs = LongformerSelfAttention(self.config, self.layer_index, name="self")(
             x, attention_mask, globals_, deterministic, output_attentions)
-        out = _Output(self.config, ("heads", "embed"), name="output")(a, x, deterministic)
+        out = _Output(self.config, ("heads", "embed"), "attention_out", name="output")(
+            a, x, deterministic)
         return out, probs, g_probs
 
 
@@ -290,6 +327,7 @@ class _Intermediate(nn.Module):
     @nn.compact
     def __call__(self, x):
         h = Dense(self.config.intermediate_size, self.config, ("embed", "mlp"), name="dense")(x)
+        h = checkpoint_name(h, "ffn_in")
         return _activation(self.config.hidden_act)(h)
 
 
@@ -297,17 +335,23 @@ class _Output(nn.Module):
     """dense -> dropout -> LayerNorm(residual + .), the reference's SelfOutput and Output."""
     config: LongformerConfig
     axes: tuple[str, str] = ("mlp", "embed")
+    name_out: str = "ffn_out"  # its checkpoint name (remat="minimal")
 
     @nn.compact
     def __call__(self, h, residual, deterministic):
         cfg = self.config
-        h = Dense(cfg.hidden_size, cfg, self.axes, name="dense")(h)
+        h = checkpoint_name(Dense(cfg.hidden_size, cfg, self.axes, name="dense")(h), self.name_out)
         h = nn.Dropout(cfg.hidden_dropout_prob)(h, deterministic=deterministic)
         return LayerNorm(cfg, name="LayerNorm")(h + residual.astype(h.dtype))
 
 
 _REMAT_POLICIES = {
     "full": None,
+    # Keep the outputs of the large matmuls and of the band attention; recompute LayerNorms, the
+    # activation, the attention's layout copies and output projection (one 768 x 768 matmul):
+    # less memory than no remat and, on CPU, less time too (bench/README.md).
+    "minimal": jax.checkpoint_policies.save_only_these_names(
+        "projections", "attention", "ffn_in", "ffn_out"),
     "dots": jax.checkpoint_policies.checkpoint_dots,
     "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
 }
@@ -366,8 +410,12 @@ class LongformerEncoder(nn.Module):
         # A run shares first's window and dilation (the layer reads both from its index).
         for first, count in _layer_runs(tuple(zip(cfg.layer_windows, cfg.layer_dilations))):
             layer = LongformerLayer(cfg, first)
-            stacked = jax.tree.map(lambda *p: jnp.stack(p),
-                                   *[params[f"layer_{i}"] for i in range(first, first + count)])
+            # Matrices are cast to the compute dtype before stacking (the layer casts them anyway):
+            # with bfloat16 compute the stacked copy and its gradient take half the memory.
+            stacked = jax.tree.map(
+                lambda *p: jnp.stack([x.astype(cfg.compute_dtype) if x.ndim >= 2 else x
+                                      for x in p]),
+                *[params[f"layer_{i}"] for i in range(first, first + count)])
 
             def body(h, xs, layer=layer):
                 p, index = xs

@@ -423,8 +423,44 @@ def test_scan_layers_equals_unrolled():
 
     ref_loss, ref_grads = loss(plain)
     for variant in [dict(scan_layers=True), dict(scan_layers=True, remat="dots"),
-                    dict(remat="full")]:
+                    dict(scan_layers=True, remat="minimal"), dict(remat="full")]:
         value, grads = loss(L.LongformerForMaskedLM(cfg.replace(**variant)))
         assert abs(float(value) - float(ref_loss)) < 1e-6, variant
         diff = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), grads, ref_grads)
         assert max(jax.tree.leaves(diff)) < 1e-6, variant
+
+    # bfloat16 compute: the scan stacks matrices already cast (the layers cast them anyway).
+    bf16 = cfg.replace(dtype="bfloat16")
+    ref_loss, ref_grads = loss(L.LongformerForMaskedLM(bf16))
+    value, grads = loss(L.LongformerForMaskedLM(bf16.replace(scan_layers=True, remat="minimal")))
+    assert abs(float(value) - float(ref_loss)) < 1e-3 * abs(float(ref_loss))
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
+        assert a.dtype == b.dtype == jnp.float32
+        np.testing.assert_allclose(a, b, atol=2e-2 * float(jnp.max(jnp.abs(b))) + 1e-6)
+
+
+@pytest.mark.parametrize("variant", [
+    dict(max_global_tokens=13),  # global keys/values projected for every token
+    dict(max_global_tokens=3),  # global rows factored through the input
+    dict(max_global_tokens=3, attention_dilation=2, scan_layers=True, remat="minimal"),
+])
+def test_bfloat16_compute_follows_float32(variant):
+    """bfloat16 compute (float32 parameters) runs forward and backward on CPU (some XLA:CPU
+    kernels refuse bfloat16 x bfloat16 -> float32 layouts) and stays close to float32."""
+    cfg = tiny(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, intermediate_size=37,
+               attention_window=8, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+               **variant)
+    ids = jnp.asarray(np.random.RandomState(4).randint(3, VOCAB, (2, 29)))
+    gm = jnp.zeros((2, 29), jnp.int32).at[:, :2].set(1)
+    params = hf_checkpoint.init_params(L.LongformerForMaskedLM(cfg), jax.random.key(0))
+
+    def run(dtype):
+        model = L.LongformerForMaskedLM(cfg.replace(dtype=dtype))
+        return jax.jit(jax.value_and_grad(
+            lambda p: model.apply(p, ids, global_attention_mask=gm, labels=ids).loss))(params)
+
+    (l32, g32), (l16, g16) = run("float32"), run("bfloat16")
+    assert np.isfinite(float(l16)) and abs(float(l16) - float(l32)) < 0.02 * abs(float(l32))
+    a, b = (np.concatenate([np.ravel(x) for x in jax.tree.leaves(g)]) for g in (g16, g32))
+    assert np.isfinite(a).all()
+    assert np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)) > 0.99  # same direction
