@@ -75,15 +75,18 @@ def peak_rss() -> int:
     return _status("VmHWM")
 
 
-def settle():
-    """Hands freed heap pages back to the OS (glibc's malloc_trim) and restarts the peak count,
-    so that a case's peak is what its step needs, not garbage left by setup or compilation.
-    Done alike for every implementation, before each mode's warm-up (JAX: after compiling)."""
+def measured_peak(fn) -> int:
+    """Peak resident set of one more call of fn, after handing freed heap pages back to the OS
+    (glibc's malloc_trim) and restarting the count: what the step needs (parameters, optimizer
+    state, activations, runtime), not garbage left by setup or compilation. Done alike for every
+    implementation, after its timed calls, so that the trim cannot change their timing."""
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
     reset_peak_rss()
+    fn()
+    return peak_rss()
 
 
 # ----------------------------------------------------------------------------- timing
@@ -174,12 +177,12 @@ def run_jax(impl: str, length: int, modes, repeats: int, budget_s: float, block:
         compiled = fwd.lower(params, ids, gmask).compile()
         compile_s = time.perf_counter() - t
         compile_peak = peak_rss()
-        settle()
         jax.block_until_ready(compiled(params, ids, gmask))  # warm-up
         times = _time(lambda: jax.block_until_ready(compiled(params, ids, gmask)), repeats,
                       budget_s)
         _traced(lambda: jax.block_until_ready(compiled(params, ids, gmask)), profile_dir, "fwd")
-        results["fwd"] = Timing(compile_s, times, peak_rss(), _analysis(compiled))
+        peak = measured_peak(lambda: jax.block_until_ready(compiled(params, ids, gmask)))
+        results["fwd"] = Timing(compile_s, times, peak, _analysis(compiled))
         results["fwd"].analysis = dict(results["fwd"].analysis or {}, compile_rss=compile_peak)
         del compiled
 
@@ -197,7 +200,6 @@ def run_jax(impl: str, length: int, modes, repeats: int, budget_s: float, block:
         compiled = jax.jit(step, donate_argnums=0).lower(state, ids, gmask).compile()
         compile_s = time.perf_counter() - t
         compile_peak = peak_rss()
-        settle()
         box = [state]
 
         def once():
@@ -207,7 +209,7 @@ def run_jax(impl: str, length: int, modes, repeats: int, budget_s: float, block:
         once()  # warm-up
         times = _time(once, repeats, budget_s)
         _traced(once, profile_dir, "train")
-        results["train"] = Timing(compile_s, times, peak_rss(), _analysis(compiled))
+        results["train"] = Timing(compile_s, times, measured_peak(once), _analysis(compiled))
         results["train"].analysis = dict(results["train"].analysis or {}, compile_rss=compile_peak)
     return results
 
@@ -249,11 +251,10 @@ def run_torch(impl: str, length: int, modes, repeats: int, budget_s: float):
             with torch.inference_mode():
                 model(**kwargs).last_hidden_state
 
-        settle()
         t = time.perf_counter()
         fwd()  # warm-up (reported as "compile": first-call overhead)
         first = time.perf_counter() - t
-        results["fwd"] = Timing(0.0, _time(fwd, repeats, budget_s), peak_rss(),
+        results["fwd"] = Timing(0.0, _time(fwd, repeats, budget_s), measured_peak(fwd),
                                 {"first_call_s": first})
 
     if "train" in modes:
@@ -267,11 +268,10 @@ def run_torch(impl: str, length: int, modes, repeats: int, budget_s: float):
             opt.step()
             opt.zero_grad(set_to_none=True)
 
-        settle()
         t = time.perf_counter()
-        step()  # warm-up; also creates AdamW's state, which counts in the peak
+        step()  # warm-up (creates AdamW's state)
         first = time.perf_counter() - t
-        results["train"] = Timing(0.0, _time(step, repeats, budget_s), peak_rss(),
+        results["train"] = Timing(0.0, _time(step, repeats, budget_s), measured_peak(step),
                                   {"first_call_s": first})
     return results
 

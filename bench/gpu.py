@@ -58,7 +58,8 @@ def device_peak_bytes():
 def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("--lengths", default="4096,16384,32768")
-    p.add_argument("--impls", default="jax-f32,jax-bf16,jax-f32-remat,jax-bf16-remat")
+    p.add_argument("--impls", default="jax-f32,jax-bf16,jax-f32-min,jax-bf16-min,jax-f32-remat,"
+                                      "jax-bf16-remat")
     p.add_argument("--modes", default="fwd,train")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--matmul-size", type=int, default=8192, help="n of the n x n jnp.dot")

@@ -172,18 +172,21 @@ def figure(rows, path):
     panels = [("fwd", "best_s", "forward time (s)"), ("train", "best_s", "train step time (s)"),
               ("train", "peak_rss_gb", "train step peak memory (GB)")]
     impls = sorted({r["impl"] for r in rows})
+    colors = {impl: f"C{i % 10}" for i, impl in enumerate(impls)}  # one colour per impl everywhere
     for ax, (mode, key, label) in zip(axes, panels):
         for impl in impls:
             pts = sorted((r["length"], r[key]) for r in rows
                          if r["impl"] == impl and r["mode"] == mode and key in r)
             if pts:
-                ax.plot(*zip(*pts), marker="o", label=impl)
+                ax.plot(*zip(*pts), marker="o", label=impl, color=colors[impl],
+                        linestyle="--" if "bf16" in impl else "-")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("sequence length")
         ax.set_title(label)
         ax.grid(True, which="both", alpha=0.3)
-    axes[0].legend(fontsize=8)
+    for ax in axes:
+        ax.legend(fontsize=7)
     fig.suptitle("Longformer base, batch 1: time and memory against sequence length")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

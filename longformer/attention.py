@@ -270,14 +270,16 @@ def band_attention(
         dropout_rate: float = 0.0,
         dropout_rng: jax.Array | None = None,
         return_probs: bool = False,
+        loop: bool | None = None,
 ):
     """Sliding-window attention: query i sees keys i-left .. i+right where key_mask holds.
 
-    A loop over query blocks: block i slices the `block + left + right` keys its rows can see and
-    runs scores, masked float32 softmax and values on them. Why a loop and not one big batched
-    einsum: a block's scores (heads x block x span floats, a few MB) stay in cache from the score
-    matmul through the softmax to the value matmul, where the batched form writes and rereads
-    every score through main memory (about 3x slower on CPU; bench/README.md).
+    Query blocks: block i slices the `block + left + right` keys its rows can see and runs scores,
+    masked float32 softmax and values on them. On CPU the blocks run as a loop: a block's scores
+    (heads x block x span floats, a few MB) then stay in cache from the score matmul through the
+    softmax to the value matmul, where one batched computation over all blocks writes and rereads
+    every score through main memory (about 3x slower on CPU; bench/README.md). Accelerators get
+    the batched form (`loop`).
 
     Args:
         q, k, v: (B, N, H, D); q already scaled.
@@ -289,6 +291,10 @@ def band_attention(
         block: query block size (None: `default_block_size`).
         return_probs: also return the weights as (B, H, N, G + left + right + 1): the extra columns
             first, then the band, the query itself at column G + left.
+        loop: run the blocks one after another (the CPU layout above), or all at once as one
+            batched computation, differentiated by autodiff: what GPUs and TPUs want, where a
+            loop of small steps would leave the device idle. None: loop on CPU only. Same
+            results either way (`tests/test_attention_blocks.py`).
 
     Returns:
         out (B, N, H, D) in v's dtype, and the weights when asked.
@@ -315,20 +321,28 @@ def band_attention(
         extra_ok=extra_mask.astype(bool)[:, None, None, :] if use_extra else None)
     rate = float(dropout_rate) if dropout_rng is not None else 0.0
 
-    if not return_probs:
+    if loop is None:
+        loop = jax.default_backend() == "cpu"
+    if loop and not return_probs:
         return _band_loop(band, dropout_rng if rate > 0.0 else None, block, width, rate, length)
 
     def one(i):
         _, _, values, expd, inv, keep = _block(band, i, block=block, width=width, rate=rate,
                                                rng=dropout_rng)
+        out = _block_out(values, expd, inv, keep, rate, v.dtype)
+        if not return_probs:
+            return out
         # Band column t of row r is key r + t of the block's span.
         take = jnp.arange(block)[:, None] + jnp.arange(width)[None, :]
         weights = [e * inv for e in expd]
         weights[-1] = jnp.take_along_axis(weights[-1], take[None, None], axis=-1)
-        return (_block_out(values, expd, inv, keep, rate, v.dtype),
-                jnp.concatenate(weights, axis=-1))
+        return out, jnp.concatenate(weights, axis=-1)
 
-    out, weights = lax.map(one, jnp.arange(num_blocks))
+    blocks = jnp.arange(num_blocks)
+    result = lax.map(one, blocks) if loop else jax.vmap(one)(blocks)
+    if not return_probs:
+        return _from_blocks(result, length)
+    out, weights = result
     weights = weights.transpose(1, 2, 0, 3, 4).reshape(batch, heads, padded, -1)
     return _from_blocks(out, length), weights[:, :, :length]
 

@@ -149,9 +149,10 @@ def _normalise(x, eps):
 def layer_norm(x, scale, bias, eps):
     """(x - mean) / std * scale + bias over the last axis, all float32.
 
-    Written out with its VJP so that the scale and bias gradients (sums over every row) are
-    matrix-vector products: XLA:CPU's column reductions of a (rows, hidden) array ran 20x slower
-    than the matmul inside a train step (bench/README.md).
+    Written out with its VJP: the backward pass keeps only the normalised rows and 1 / std, and
+    the scale and bias gradients (sums over every row) are matrix-vector products rather than
+    column reductions. In the base model's 4K train step on CPU that saved about 5% of the time
+    and 0.9 GB of peak memory against differentiating the forward (bench/README.md).
     """
     return _normalise(x, eps)[0] * scale + bias
 

@@ -86,3 +86,29 @@ def test_custom_backward_equals_autodiff(rate):
     for a, b in zip(fast[1], slow[1]):
         assert np.abs(np.asarray(b)).max() > 0
         np.testing.assert_allclose(a, b, atol=2e-6)
+
+
+@pytest.mark.parametrize("probs", [False, True])
+def test_batched_blocks_equal_the_loop(probs):
+    """loop=False (all blocks as one batched computation, autodiff: the accelerator layout) gives
+    the CPU loop's values, weights and gradients, dropout included."""
+    q, k, v, qg, kg, vg, am, gl = _inputs(45, 3, seed=11)
+    extra_mask = jnp.asarray([[True, True, False], [True, False, False]])
+
+    def run(loop):
+        def loss(q, k, v, ek, ev):
+            out = A.band_attention(q, k, v, am & ~gl, left=5, right=5, query_mask=am,
+                                   extra_k=ek, extra_v=ev, extra_mask=extra_mask, block=8,
+                                   dropout_rate=0.3, dropout_rng=jax.random.key(2),
+                                   return_probs=probs, loop=loop)
+            out, w = out if probs else (out, jnp.zeros(()))
+            return jnp.sum(jnp.sin(out)) + jnp.sum(jnp.cos(w)), out
+        return jax.jit(jax.value_and_grad(loss, argnums=range(5), has_aux=True))(
+            q, k, v, k[:, :3], v[:, :3])
+
+    (l1, o1), g1 = run(True)
+    (l2, o2), g2 = run(False)
+    np.testing.assert_allclose(o1, o2, atol=1e-6)
+    np.testing.assert_allclose(l1, l2, rtol=1e-6)
+    for a, b in zip(g1, g2):
+        np.testing.assert_allclose(a, b, atol=2e-6)
