@@ -31,12 +31,7 @@ def tiny(module, total_steps=200, **overrides):
     c.schedule.warmup_steps = 10
     c.checkpoint.update(every_steps=total_steps, async_save=False)
     c.logging.update(every_steps=50, eval_every_steps=total_steps)
-    for key, value in overrides.items():
-        target = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            target = target[p]
-        target[leaf] = value
+    c.update_from_flattened_dict(overrides)  # dotted keys: 'model.attention_window'
     return c
 
 
