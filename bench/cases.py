@@ -155,12 +155,13 @@ def run_jax(impl: str, length: int, modes, repeats: int, budget_s: float, block:
     import numpy as np
     import optax
     from longformer.hf_checkpoint import init_params
-    from longformer.modeling import LongformerModel
+    from longformer.modeling import LongformerModel, stack_layers
 
     family, dtype, remat = IMPLS[impl]
     cfg = _jax_config(length, dtype, remat, family == "jax-dense", block)
     model = LongformerModel(cfg, add_pooling_layer=False)
-    params = init_params(model, jax.random.key(0))
+    # Held as train.py holds them: each run of layers stacked for the layer scan.
+    params = stack_layers(init_params(model, jax.random.key(0)), cfg)
     rng = np.random.RandomState(0)
     ids = jnp.asarray(rng.randint(3, BASE["vocab"], (1, length)), jnp.int32)
     gmask = jnp.zeros((1, length), jnp.int32).at[:, 0].set(1)

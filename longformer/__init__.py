@@ -10,6 +10,8 @@ from longformer.modeling import (
     LongformerHeadOutput,
     LongformerModel,
     LongformerOutput,
+    stack_layers,
+    unstack_layers,
 )
 
 __all__ = [
@@ -22,6 +24,8 @@ __all__ = [
     "LongformerForQuestionAnswering",
     "LongformerOutput",
     "LongformerHeadOutput",
+    "stack_layers",
+    "unstack_layers",
 ]
 
 from longformer.hf_checkpoint import load_hf_checkpoint, save_hf_checkpoint  # noqa: E402

@@ -22,7 +22,7 @@ import numpy as np
 from flax import traverse_util
 
 from longformer.config import LongformerConfig
-from longformer.modeling import MODEL_CLASSES
+from longformer.modeling import MODEL_CLASSES, unstack_layers
 
 log = logging.getLogger(__name__)
 
@@ -214,5 +214,7 @@ def save_hf_checkpoint(path: str | os.PathLike, model: nn.Module, params: Mappin
     path = os.fspath(path)
     os.makedirs(path, exist_ok=True)
     model.config.save_pretrained(path, architectures=[model.__class__.__name__])
-    state = state_dict_from_params(params)  # the tied decoder is re-tied by transformers on load
+    # One entry per layer (params held stacked for a layer scan are split); the tied decoder is
+    # re-tied by transformers on load.
+    state = state_dict_from_params(unstack_layers(params, model.config))
     save_file(state, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})

@@ -9,6 +9,7 @@ The attention math lives in `attention.py`; modules here only hold parameters an
 from __future__ import annotations
 
 import functools
+import math
 from typing import Optional
 
 import flax
@@ -55,9 +56,34 @@ def _init(config: LongformerConfig, axes: tuple[str, ...]):
     return nn.with_logical_partitioning(nn.initializers.normal(config.initializer_range), axes)
 
 
+@jax.custom_vjp
+def gelu(x):
+    """The exact (erf) GELU, x * Phi(x), as torch computes it, with a VJP that evaluates erf and
+    exp once per element (autodiff of jax.nn.gelu's erfc form makes more passes over the FFN's
+    largest activation)."""
+    xf = x.astype(jnp.float32)
+    return (xf * (0.5 + 0.5 * jax.lax.erf(xf * _SQRT_HALF))).astype(x.dtype)
+
+
+def _gelu_fwd(x):
+    return gelu(x), x
+
+
+def _gelu_bwd(x, g):
+    xf = x.astype(jnp.float32)
+    cdf = 0.5 + 0.5 * jax.lax.erf(xf * _SQRT_HALF)
+    pdf = jnp.exp(-0.5 * jnp.square(xf)) * _INV_SQRT_2PI
+    return ((g.astype(jnp.float32) * (cdf + xf * pdf)).astype(x.dtype),)
+
+
+gelu.defvjp(_gelu_fwd, _gelu_bwd)
+_SQRT_HALF = math.sqrt(0.5)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
 def _activation(name: str):
     return {
-        "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+        "gelu": gelu,
         "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
         "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
         "relu": jax.nn.relu,
@@ -78,9 +104,10 @@ def _linear_params(module: nn.Module, config: LongformerConfig, in_features: int
 
 @jax.custom_vjp
 def _matmul_f32(x, w):
-    """x (..., K) @ w (K, N) in their (low-precision) dtype with a float32 result, and a backward
-    pass whose two matmuls ask for float32 results too (autodiff's would round to the inputs'
-    dtype inside the kernel, which XLA:CPU runs at half speed)."""
+    """x (..., K) @ w (K, N) in their dtype with a float32 result, and a backward pass whose two
+    matmuls ask for float32 results too (autodiff's would round bfloat16 products to bfloat16
+    inside the kernel, which XLA:CPU runs at half speed). In float32 the written-out backward is
+    faster as well: the base model's 4K train step on CPU 10.4 -> 8.8 s (bench/README.md)."""
     return jnp.dot(x, w, preferred_element_type=jnp.float32)
 
 
@@ -106,11 +133,7 @@ def linear(x, kernel, bias, dtype):
     Asking for a float32 result is also what makes XLA:CPU run bfloat16 matmuls fast (about
     1.8x float32 there, against 0.8x when the product is rounded to bfloat16 in the kernel).
     """
-    x, kernel = x.astype(dtype), kernel.astype(dtype)
-    if jnp.dtype(dtype) == jnp.float32:
-        y = jnp.dot(x, kernel)
-    else:
-        y = _matmul_f32(x, kernel)
+    y = _matmul_f32(x.astype(dtype), kernel.astype(dtype))
     return (y + bias.astype(jnp.float32)).astype(dtype)
 
 
@@ -358,24 +381,96 @@ _REMAT_POLICIES = {
 }
 
 
-def _layer_runs(windows: tuple[int, ...]) -> list[tuple[int, int]]:
-    """(first layer, count) of each run of consecutive layers with the same window."""
+def layer_runs(config: LongformerConfig) -> list[tuple[int, int]]:
+    """(first layer, count) of each run of consecutive layers sharing a window and a dilation:
+    the layers one `lax.scan` covers (a layer reads both from its index)."""
+    kinds = tuple(zip(config.layer_windows, config.layer_dilations))
     runs = []
-    for i, w in enumerate(windows):
-        if runs and windows[runs[-1][0]] == w:
+    for i, kind in enumerate(kinds):
+        if runs and kinds[runs[-1][0]] == kind:
             runs[-1] = (runs[-1][0], runs[-1][1] + 1)
         else:
             runs.append((i, 1))
     return runs
 
 
+def _run_name(first: int, count: int) -> str:
+    return f"layers_{first}_{first + count - 1}"
+
+
+def _is_box(x) -> bool:
+    return isinstance(x, nn.LogicallyPartitioned)
+
+
+def _stack_leaves(*leaves):
+    if _is_box(leaves[0]):  # logical names gain a leading `layers` axis (never sharded)
+        return leaves[0].replace(value=jnp.stack([b.value for b in leaves]),
+                                 names=("layers",) + tuple(leaves[0].names))
+    if hasattr(leaves[0], "shape"):
+        return jnp.stack(leaves)
+    return leaves[0]  # e.g. optax.MaskedNode
+
+
+def _take_leaf(x, i: int):
+    if _is_box(x):
+        return x.replace(value=x.value[i], names=tuple(x.names)[1:])
+    return x[i] if hasattr(x, "shape") else x
+
+
+def _map_encoders(tree, fn):
+    """fn applied to every `encoder` dict in a tree of dicts, (named) tuples and lists: a model's
+    parameters, their boxed or abstract forms, or an optimizer state that mirrors them."""
+    if isinstance(tree, (dict, flax.core.FrozenDict)):
+        return {k: fn(v) if k == "encoder" and isinstance(v, (dict, flax.core.FrozenDict))
+                else _map_encoders(v, fn) for k, v in tree.items()}
+    if isinstance(tree, tuple) and hasattr(tree, "_fields"):
+        return type(tree)(*[_map_encoders(v, fn) for v in tree])
+    if isinstance(tree, (tuple, list)):
+        return type(tree)(_map_encoders(v, fn) for v in tree)
+    return tree
+
+
+def stack_layers(tree, config: LongformerConfig):
+    """Per-layer parameters (`encoder/layer_3/...`, the checkpoint layout) -> one array per run
+    of layers sharing a window (`encoder/layers_0_11/...`, leading axis = layer), the layout a
+    `scan_layers` model trains in: the layer scan then reads its parameters in place instead of
+    stacking them (and slicing their gradients apart) at every step. `unstack_layers` inverts it
+    exactly; the model applies either layout."""
+    def fn(enc):
+        if "layer_0" not in enc:
+            return dict(enc)
+        out = {k: v for k, v in enc.items() if not k.startswith("layer_")}
+        for first, count in layer_runs(config):
+            out[_run_name(first, count)] = jax.tree.map(
+                _stack_leaves, *[enc[f"layer_{i}"] for i in range(first, first + count)],
+                is_leaf=_is_box)
+        return out
+    return _map_encoders(tree, fn)
+
+
+def unstack_layers(tree, config: LongformerConfig):
+    """The inverse of `stack_layers` (a tree already per layer comes back as it is)."""
+    def fn(enc):
+        out = {k: v for k, v in enc.items() if not k.startswith("layers_")}
+        for first, count in layer_runs(config):
+            run = enc.get(_run_name(first, count))
+            if run is None:
+                return dict(enc)
+            for j in range(count):
+                out[f"layer_{first + j}"] = jax.tree.map(lambda x: _take_leaf(x, j), run,
+                                                         is_leaf=_is_box)
+        return out
+    return _map_encoders(tree, fn)
+
+
 class LongformerEncoder(nn.Module):
     """The layers, unrolled, or with `scan_layers` a `lax.scan` over each run of layers sharing a
     window: XLA then compiles one layer per run instead of every layer.
 
-    Scanning keeps the per-layer parameter names (`layer_3/...`, as in the checkpoints) and stacks
-    each run's parameters when the step runs; the unrolled path is used at init and when
-    attentions or hidden states are asked for.
+    The parameters are per layer (`layer_3/...`, as in the checkpoints; scanning stacks each run
+    when the step runs) or already stacked by `stack_layers` (`layers_0_11/...`, how train.py
+    holds them). The unrolled path is used at init and when attentions or hidden states are asked
+    for.
     """
     config: LongformerConfig
 
@@ -383,9 +478,12 @@ class LongformerEncoder(nn.Module):
     def __call__(self, x, attention_mask, globals_, deterministic=True, output_attentions=False,
                  output_hidden_states=False):
         cfg = self.config
-        if (cfg.scan_layers and not self.is_initializing() and not output_attentions
-                and not output_hidden_states):
-            return self._scanned(x, attention_mask, globals_, deterministic), (), (), ()
+        stacked = (not self.is_initializing()
+                   and _run_name(*layer_runs(cfg)[0]) in self.variables.get("params", {}))
+        if stacked or (cfg.scan_layers and not self.is_initializing()
+                       and not output_attentions and not output_hidden_states):
+            return self._explicit(x, attention_mask, globals_, deterministic, output_attentions,
+                                  output_hidden_states)
         layer_cls = LongformerLayer
         if cfg.remat != "none":
             # Arguments count `self` as 0: deterministic and output_attentions are static.
@@ -403,33 +501,50 @@ class LongformerEncoder(nn.Module):
             hidden.append(x)
         return x, tuple(hidden), tuple(attentions), tuple(global_attentions)
 
-
-    def _scanned(self, x, attention_mask, globals_, deterministic):
+    def _explicit(self, x, attention_mask, globals_, deterministic, output_attentions,
+                  output_hidden_states):
+        """The layers applied to parameters read from the tree (either layout): a `lax.scan`
+        per run, or, when attentions or hidden states are wanted, one layer after another."""
         cfg = self.config
         params = nn.meta.unbox(self.variables["params"])
         dropout_key = None if deterministic else self.make_rng("dropout")
-        # A run shares first's window and dilation (the layer reads both from its index).
-        for first, count in _layer_runs(tuple(zip(cfg.layer_windows, cfg.layer_dilations))):
-            layer = LongformerLayer(cfg, first)
-            # Matrices are cast to the compute dtype before stacking (the layer casts them anyway):
-            # with bfloat16 compute the stacked copy and its gradient take half the memory.
-            stacked = jax.tree.map(
-                lambda *p: jnp.stack([x.astype(cfg.compute_dtype) if x.ndim >= 2 else x
-                                      for x in p]),
-                *[params[f"layer_{i}"] for i in range(first, first + count)])
+        unrolled = output_attentions or output_hidden_states or not cfg.scan_layers
+        hidden, attentions, global_attentions = [], [], []
+        for first, count in layer_runs(cfg):
+            layer = LongformerLayer(cfg, first)  # a run shares first's window and dilation
+            # Matrices in the compute dtype (the layer casts them anyway): with bfloat16 compute
+            # the scan's copy and its gradient take half the memory.
+            def cast(p, matrix_ndim):
+                return p.astype(cfg.compute_dtype) if p.ndim >= matrix_ndim else p
+            run = params.get(_run_name(first, count))
+            if run is None:
+                run = jax.tree.map(lambda *p: jnp.stack([cast(a, 2) for a in p]),
+                                   *[params[f"layer_{i}"] for i in range(first, first + count)])
+            else:
+                run = jax.tree.map(lambda p: cast(p, 3), run)
 
             def body(h, xs, layer=layer):
                 p, index = xs
                 rngs = (None if dropout_key is None
                         else {"dropout": jax.random.fold_in(dropout_key, index)})
-                h, _, _ = layer.apply({"params": p}, h, attention_mask, globals_, deterministic,
-                                      False, rngs=rngs)
-                return h, None
+                return layer.apply({"params": p}, h, attention_mask, globals_, deterministic,
+                                   output_attentions, rngs=rngs)
 
             if cfg.remat != "none":
                 body = jax.checkpoint(body, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
-            x, _ = jax.lax.scan(body, x, (stacked, jnp.arange(first, first + count)))
-        return x
+            if not unrolled:
+                x, _ = jax.lax.scan(lambda h, xs: (body(h, xs)[0], None), x,
+                                    (run, jnp.arange(first, first + count)))
+                continue
+            for j in range(count):
+                if output_hidden_states:
+                    hidden.append(x)
+                x, probs, g_probs = body(x, (jax.tree.map(lambda p: p[j], run), first + j))
+                attentions.append(probs)
+                global_attentions.append(g_probs)
+        if output_hidden_states:
+            hidden.append(x)
+        return x, tuple(hidden), tuple(attentions), tuple(global_attentions)
 
 
 class LongformerPooler(nn.Module):

@@ -30,6 +30,7 @@ DEFAULT_RULES = (
     ("pos", None),
     ("norm", None),
     ("classes", None),
+    ("layers", None),  # the stacked layer axis of a scan_layers model (modeling.stack_layers)
 )
 
 

@@ -23,7 +23,8 @@ import ml_collections
 import numpy as np
 import optax
 
-from longformer import checkpoints, hf_checkpoint, sharding, tasks
+from longformer import checkpoints, hf_checkpoint, modeling, sharding, tasks
+from longformer.config import LongformerConfig
 from longformer.tasks.base import Task
 
 log = logging.getLogger(__name__)
@@ -64,27 +65,60 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
 
 
 # ----------------------------------------------------------------------------- state
-def create_train_state(model, tx, mesh, rng, *, rules=sharding.DEFAULT_RULES,
-                       init_params: Any = None):
-    """The train state, created directly with its shardings (never whole on one device).
+def _stacks_layers(model) -> bool:
+    """Whether the model trains with its layers stacked (`modeling.stack_layers`): a Longformer
+    encoder with `scan_layers`, whose scan then reads its parameters in place."""
+    config = getattr(model, "config", None)
+    return isinstance(config, LongformerConfig) and config.scan_layers
 
-    Returns (state, shardings). With `init_params` (host arrays of the same tree) the parameters
-    are those instead of random ones.
-    """
+
+def to_train_layout(tree, model):
+    """Checkpoint layout (one entry per layer) -> the layout the train step uses."""
+    return modeling.stack_layers(tree, model.config) if _stacks_layers(model) else tree
+
+
+def to_checkpoint_layout(tree, model):
+    """The train step's layout -> one entry per layer: what checkpoints hold, so that eval.py,
+    init_from and the Hugging Face conversion read them whatever `scan_layers` was."""
+    return modeling.unstack_layers(tree, model.config) if _stacks_layers(model) else tree
+
+
+def _init_state(model, tx, train_layout: bool):
+    """rng -> a fresh train state whose leaves are boxed with their logical axis names."""
     def init(rng):
         params = hf_checkpoint.init_params(model, rng, boxed=True)
+        if train_layout:
+            params = to_train_layout(params, model)
         return {"step": jnp.zeros((), jnp.int32), "params": params,
                 "opt_state": tx.init(params)}
+    return init
 
-    abstract = jax.eval_shape(init, rng)
-    shardings = sharding.param_shardings(abstract, mesh, rules)
+
+def state_shardings(model, tx, mesh, rng, *, rules=sharding.DEFAULT_RULES, train_layout=True):
+    """NamedShardings of the train state in the train step's layout or the checkpoint's."""
+    abstract = jax.eval_shape(_init_state(model, tx, train_layout), rng)
+    return sharding.param_shardings(abstract, mesh, rules)
+
+
+def create_train_state(model, tx, mesh, rng, *, rules=sharding.DEFAULT_RULES,
+                       init_params: Any = None):
+    """The train state in the train step's layout, created directly with its shardings (never
+    whole on one device).
+
+    Returns (state, shardings). With `init_params` (host arrays of the same tree, one entry per
+    layer) the parameters are those instead of random ones.
+    """
+    shardings = state_shardings(model, tx, mesh, rng, rules=rules)
     if init_params is None:
+        init = _init_state(model, tx, train_layout=True)
         state = jax.jit(lambda r: nn.meta.unbox(init(r)), out_shardings=shardings)(rng)
     else:
         def from_params(params):
+            params = to_train_layout(params, model)
             return {"step": jnp.zeros((), jnp.int32), "params": params,
                     "opt_state": tx.init(params)}
-        params = jax.device_put(init_params, shardings["params"])
+        per_layer = state_shardings(model, tx, mesh, rng, rules=rules, train_layout=False)
+        params = jax.device_put(init_params, per_layer["params"])
         state = jax.jit(from_params, out_shardings=shardings)(params)
     return state, shardings
 
@@ -247,8 +281,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         ckpt.check_identity(latest)  # refuse before building anything big
     initial = task.initial_params() if latest is None else None
     state, state_sh = create_train_state(model, tx, mesh, init_rng, init_params=initial)
+    # Checkpoints hold one entry per layer; the step may hold runs of layers stacked.
+    ckpt_sh = state_shardings(model, tx, mesh, init_rng, train_layout=False)
+    to_ckpt = jax.jit(functools.partial(to_checkpoint_layout, model=model), out_shardings=ckpt_sh)
     if latest is not None:
-        state = ckpt.restore(latest, checkpoints.abstract_like(state, state_sh), task.train_data)
+        target = jax.eval_shape(to_ckpt, state)
+        state = ckpt.restore(latest, checkpoints.abstract_like(target, ckpt_sh), task.train_data)
+        state = jax.jit(functools.partial(to_train_layout, model=model),
+                        out_shardings=state_sh)(state)
         log.info("resumed from %s at step %d", ckpt.directory, latest)
     start = int(jax.device_get(state["step"]))
 
@@ -341,13 +381,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 if pending is not None:
                     check(*pending)  # never save a state after an unchecked step
                     pending = None
-                ckpt.save(done, state, task.train_data, force=True)
+                ckpt.save(done, to_ckpt(state), task.train_data, force=True)
         if pending is not None:
             check(*pending)
     finally:
         ckpt.close()
         writer.close()
     last["step"] = int(jax.device_get(state["step"]))
-    last["params"] = state["params"]
+    last["params"] = to_checkpoint_layout(state["params"], model)
     last["task"] = task
     return last

@@ -152,11 +152,14 @@ c.mesh.shape = (2, 2, 2)
 c.total_steps = 1
 model = LongformerForMaskedLM(model_config(c))
 mesh = sharding.make_mesh(c.mesh.shape)
-state, sh = train_lib.create_train_state(model, train_lib.make_optimizer(c), mesh, jax.random.key(0))
-flat = jax.tree_util.tree_flatten_with_path(state["params"])[0]
-out = {jax.tree_util.keystr(p): [list(a) if isinstance(a, tuple) else a for a in x.sharding.spec]
-       for p, x in flat}
-json.dump(out, sys.stdout)
+tx = train_lib.make_optimizer(c)
+state, sh = train_lib.create_train_state(model, tx, mesh, jax.random.key(0))
+per_layer = train_lib.state_shardings(model, tx, mesh, jax.random.key(0), train_layout=False)
+def specs(tree):
+    return {jax.tree_util.keystr(p): [list(a) if isinstance(a, tuple) else a for a in s.spec]
+            for p, s in jax.tree_util.tree_flatten_with_path(tree)[0]}
+json.dump({"train": specs(jax.tree.map(lambda x: x.sharding, state["params"])),
+           "checkpoint": specs(per_layer["params"])}, sys.stdout)
 """
 
 
@@ -177,8 +180,18 @@ def test_sharded_equals_unsharded(tmp_path):
                            timeout=300)
     assert probe.returncode == 0, probe.stderr[-3000:]
     specs = json.loads(probe.stdout)
-    layer = "['longformer']['encoder']['layer_0']"
-    expect = {
+    # The step holds each run of layers stacked (leading axis never sharded); checkpoints hold
+    # one entry per layer.
+    for layer, lead, layout in [("['longformer']['encoder']['layer_0']", [], "checkpoint"),
+                                ("['longformer']['encoder']['layers_0_0']", [None], "train")]:
+        for name, spec in _expected_specs(layer).items():
+            spec = (lead + spec) if "encoder" in name else spec
+            assert specs[layout][f"['params']{name}"] == spec, (layout, name)
+        assert not any("layer_1" in k for k in specs["train"]), "train layout is per layer"
+
+
+def _expected_specs(layer):
+    return {
         f"{layer}['attention']['self']['query']['kernel']": ["fsdp", "tensor"],
         f"{layer}['attention']['self']['query']['bias']": ["tensor"],
         f"{layer}['attention']['output']['dense']['kernel']": ["tensor", "fsdp"],
@@ -189,8 +202,6 @@ def test_sharded_equals_unsharded(tmp_path):
         "['longformer']['embeddings']['position_embeddings']['embedding']": [None, "fsdp"],
         "['lm_head']['bias']": ["tensor"],
     }
-    for name, spec in expect.items():
-        assert specs[f"['params']{name}"] == spec, name
 
 
 def _free_port():
