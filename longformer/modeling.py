@@ -107,7 +107,7 @@ def _matmul_f32(x, w):
     """x (..., K) @ w (K, N) in their dtype with a float32 result, and a backward pass whose two
     matmuls ask for float32 results too (autodiff's would round bfloat16 products to bfloat16
     inside the kernel, which XLA:CPU runs at half speed). In float32 the written-out backward is
-    faster as well: the base model's 4K train step on CPU 10.4 -> 8.8 s (bench/README.md)."""
+    faster too: about 10% on the base model's 4K train step on CPU (bench/README.md)."""
     return jnp.dot(x, w, preferred_element_type=jnp.float32)
 
 

@@ -83,6 +83,13 @@ def test_resume_is_bit_exact(tmp_path):
     same = jax.tree.map(lambda x, y: bool(np.array_equal(x, y)), straight["params"],
                         resumed["params"])
     assert all(jax.tree.leaves(same))
+    # The step trains with the layer runs stacked (scan_layers); checkpoints hold one entry per
+    # layer, equal to what the run returns.
+    from longformer.tasks import init_from
+    saved = init_from.restore_params(str(tmp_path / "b"))
+    assert "layer_1" in saved["params"]["longformer"]["encoder"]
+    same = jax.tree.map(lambda x, y: bool(np.array_equal(x, y)), saved, resumed["params"])
+    assert all(jax.tree.leaves(same))
 
 
 def test_checkpoint_from_another_config_is_refused(tmp_path):
