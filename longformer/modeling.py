@@ -56,6 +56,10 @@ def _init(config: LongformerConfig, axes: tuple[str, ...]):
     return nn.with_logical_partitioning(nn.initializers.normal(config.initializer_range), axes)
 
 
+_SQRT_HALF = math.sqrt(0.5)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
 @jax.custom_vjp
 def gelu(x):
     """The exact (erf) GELU, x * Phi(x), as torch computes it, with a VJP that evaluates erf and
@@ -77,8 +81,6 @@ def _gelu_bwd(x, g):
 
 
 gelu.defvjp(_gelu_fwd, _gelu_bwd)
-_SQRT_HALF = math.sqrt(0.5)
-_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 
 def _activation(name: str):
@@ -735,7 +737,7 @@ class _LMHead(nn.Module):
     def __call__(self, x, word_table):
         cfg = self.config
         h = Dense(cfg.hidden_size, cfg, ("embed", "mlp"), name="dense")(x)
-        h = LayerNorm(cfg, name="layer_norm")(jax.nn.gelu(h, approximate=False))
+        h = LayerNorm(cfg, name="layer_norm")(gelu(h))
         bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)),
                           (cfg.vocab_size,), cfg.params_dtype)
         dtype = cfg.compute_dtype
