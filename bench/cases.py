@@ -115,11 +115,12 @@ def _time(fn, repeats: int, budget_s: float) -> list:
 
 
 # ----------------------------------------------------------------------------- JAX
-def _jax_config(length: int, dtype: str, remat: str, dense: bool, block: int = 0):
+def _jax_config(length: int, dtype: str, remat: str, dense: bool, block: int = 0,
+                attention_impl: str = ""):
     from longformer.config import LongformerConfig
-    kw = {}
-    if dense:
-        kw["attention_impl"] = "dense"
+    # BENCH_ATTENTION_IMPL picks a layout by hand (e.g. 'batched', the accelerator's, on CPU).
+    impl = attention_impl or os.environ.get("BENCH_ATTENTION_IMPL", "auto")
+    kw = {"attention_impl": "dense" if dense else impl}
     return LongformerConfig(
         vocab_size=BASE["vocab"], hidden_size=BASE["hidden"], num_hidden_layers=BASE["layers"],
         num_attention_heads=BASE["heads"], intermediate_size=BASE["ffn"],
@@ -148,28 +149,42 @@ def _traced(fn, profile_dir: str, mode: str):
             fn()
 
 
+def jax_train_step(model, params):
+    """(step, state): the benchmarked train step, mean(last_hidden_state ** 2) + AdamW."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+    opt = optax.adamw(1e-5, weight_decay=0.01)
+
+    def loss_fn(p, ids, gmask):
+        out = model.apply(p, ids, global_attention_mask=gmask).last_hidden_state
+        return jnp.mean(jnp.square(out.astype(jnp.float32)))
+
+    def step(state, ids, gmask):
+        loss, grads = jax.value_and_grad(loss_fn)(state["params"], ids, gmask)
+        updates, opt_state = opt.update(grads, state["opt"], state["params"])
+        return {"params": optax.apply_updates(state["params"], updates), "opt": opt_state}, loss
+
+    return step, {"params": params, "opt": opt.init(params)}
+
+
 def run_jax(impl: str, length: int, modes, repeats: int, budget_s: float, block: int = 0,
             profile_dir: str = ""):
     import jax
     import jax.numpy as jnp
     import numpy as np
-    import optax
+
     from longformer.hf_checkpoint import init_params
-    from longformer.modeling import LongformerModel, stack_layers
+    from longformer.modeling import LongformerModel
 
     family, dtype, remat = IMPLS[impl]
     cfg = _jax_config(length, dtype, remat, family == "jax-dense", block)
     model = LongformerModel(cfg, add_pooling_layer=False)
-    # Held as train.py holds them: each run of layers stacked for the layer scan.
-    params = stack_layers(init_params(model, jax.random.key(0)), cfg)
+    params = init_params(model, jax.random.key(0))  # a scan model's layers come stacked
     rng = np.random.RandomState(0)
     ids = jnp.asarray(rng.randint(3, BASE["vocab"], (1, length)), jnp.int32)
     gmask = jnp.zeros((1, length), jnp.int32).at[:, 0].set(1)
     results = {}
-
-    def loss_fn(p, ids, gmask):
-        out = model.apply(p, ids, global_attention_mask=gmask).last_hidden_state
-        return jnp.mean(jnp.square(out.astype(jnp.float32)))
 
     if "fwd" in modes:
         fwd = jax.jit(lambda p, ids, g: model.apply(p, ids, global_attention_mask=g)
@@ -188,15 +203,7 @@ def run_jax(impl: str, length: int, modes, repeats: int, budget_s: float, block:
         del compiled
 
     if "train" in modes:
-        opt = optax.adamw(1e-5, weight_decay=0.01)
-        state = {"params": params, "opt": opt.init(params)}
-
-        def step(state, ids, gmask):
-            loss, grads = jax.value_and_grad(loss_fn)(state["params"], ids, gmask)
-            updates, opt_state = opt.update(grads, state["opt"], state["params"])
-            return {"params": optax.apply_updates(state["params"], updates),
-                    "opt": opt_state}, loss
-
+        step, state = jax_train_step(model, params)
         t = time.perf_counter()
         compiled = jax.jit(step, donate_argnums=0).lower(state, ids, gmask).compile()
         compile_s = time.perf_counter() - t
@@ -250,7 +257,7 @@ def run_torch(impl: str, length: int, modes, repeats: int, budget_s: float):
 
         def fwd():
             with torch.inference_mode():
-                model(**kwargs).last_hidden_state
+                return model(**kwargs).last_hidden_state
 
         t = time.perf_counter()
         fwd()  # warm-up (reported as "compile": first-call overhead)

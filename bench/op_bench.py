@@ -30,11 +30,11 @@ def make_inputs(length, heads=12, dim=64, global_tokens=1, budget=1, dtype=jnp.f
     return q, k, v, qg, kg, vg, am, gl
 
 
-def op(q, k, v, qg, kg, vg, am, gl, *, window, block, budget, module=A):
+def op(q, k, v, qg, kg, vg, am, gl, *, window, block, budget, module=A, loop=True):
     g = module.global_token_indices(gl, budget) if budget else None
-    return module.longformer_attention(q, k, v, am, left=window // 2, right=window // 2, globals_=g,
-                                  q_global=qg if budget else None, k_global=kg, v_global=vg,
-                                  block=block or None)
+    return module.longformer_attention(q, k, v, am, left=window // 2, right=window // 2,
+                                       globals_=g, q_global=qg if budget else None, k_global=kg,
+                                       v_global=vg, block=block or None, loop=loop)
 
 
 def main(argv=None):
@@ -48,6 +48,8 @@ def main(argv=None):
     p.add_argument("--dtype", default="float32")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--grad", action="store_true", help="time forward + backward")
+    p.add_argument("--layout", default="loop", choices=["loop", "batched"],
+                   help="the band's layout: the CPU loop or the accelerators' batched blocks")
     args = p.parse_args(argv)
 
     dtype = jnp.dtype(args.dtype)
@@ -63,7 +65,7 @@ def main(argv=None):
         module = old if name.startswith("old:") else A
         b = int(name.split(":")[-1])
         f = lambda *xs, b=b, m=module: op(*xs, window=args.window, block=b, budget=args.budget,
-                                          module=m)
+                                          module=m, loop=args.layout == "loop")
         if args.grad:
             f = jax.grad(lambda *xs, f=f: jnp.sum(f(*xs).astype(jnp.float32)),
                          argnums=(0, 1, 2, 3, 4, 5))

@@ -35,6 +35,7 @@ batch 32 sequences with gradient accumulation that keeps a micro-batch near 32K 
 
 import ml_collections
 
+from configs import common
 from longformer import charlm
 from longformer.tasks import charlm as charlm_task
 
@@ -70,12 +71,10 @@ def get_config(phase: str = "1", dataset: str = "text8"):
     if not 1 <= p <= len(SEQ_LENS):
         raise ValueError(f"phase must be 1..{len(SEQ_LENS)}, got {phase!r}")
     seq_len = SEQ_LENS[p - 1]
-    c = ml_collections.ConfigDict()
-    c.task = "charlm"
-    c.seed = 0
-    # Workdir of the previous phase, whose parameters this phase starts from ('' = random init).
-    c.init_from = "" if p == 1 else f"runs/charlm_{dataset}_p{p - 1}"
-    c.tokenizer = "bytes"  # no vocabulary files: the model reads raw bytes (ids 0-255)
+    # init_from: the workdir of the previous phase, whose parameters this phase starts from.
+    # No vocabulary files: the model reads raw bytes (ids 0-255).
+    c = common.run("charlm", init_from="" if p == 1 else f"runs/charlm_{dataset}_p{p - 1}",
+                   tokenizer="bytes")
 
     # type_safe=False: windows and dilations are per-layer tuples (an int also works).
     c.model = ml_collections.ConfigDict(type_safe=False, initial_dictionary=dict(
@@ -90,21 +89,9 @@ def get_config(phase: str = "1", dataset: str = "text8"):
     c.data = charlm_task.default_data_config()
     c.data.seq_len = seq_len
 
-    c.batch_size = 32
-    c.grad_accum_steps = c.batch_size // micro_batch(seq_len)
-    c.total_steps = STEPS[p - 1]
-    c.stop_after_steps = 0
-
-    c.optimizer = ml_collections.ConfigDict(dict(
-        learning_rate=PEAK_LR / 2 ** (p - 1), b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.01,
-        grad_clip_norm=0.25))
-    c.schedule = ml_collections.ConfigDict(dict(
-        warmup_steps=min(10_000, STEPS[p - 1] // 10), power=1.0, end_learning_rate=0.0))
-
-    c.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1)))
-    c.checkpoint = ml_collections.ConfigDict(dict(every_steps=5000, keep=3, async_save=True))
-    c.logging = ml_collections.ConfigDict(dict(every_steps=100, eval_every_steps=10_000,
-                                               eval_batches=0))
-    c.distributed = ml_collections.ConfigDict(dict(
-        enabled=False, coordinator_address="", num_processes=0, process_id=-1))
-    return c
+    batch = 32
+    return common.trainer(
+        c, batch_size=batch, grad_accum_steps=batch // micro_batch(seq_len),
+        total_steps=STEPS[p - 1], learning_rate=PEAK_LR / 2 ** (p - 1), b2=0.999, eps=1e-8,
+        grad_clip_norm=0.25, warmup_steps=min(10_000, STEPS[p - 1] // 10),
+        checkpoint_every=5000, log_every=100, eval_every=10_000)

@@ -21,11 +21,11 @@ transformers folder or a train.py workdir; its architecture is used, the head is
 Global attention: `<s>` (the reference's default; `--config.global_attention=none` turns it off).
 """
 
-from longformer.tasks import finetune
+from configs import common
 
 
 def get_config():
-    c = finetune.base_config("classification", seq_len=256, windows=(32, 32, 64))
+    c = common.finetune("classification", seq_len=256, windows=(32, 32, 64))
     c.total_steps = 500
     c.data.problem = "single_label"  # | 'multi_label' | 'regression'
     c.data.labels = ""  # comma-separated label set; '' = every label of the train file

@@ -14,17 +14,14 @@ Without `init_from` the model starts from random weights. Any field can be overr
 
 import ml_collections
 
+from configs import common
 from longformer import data
 
 
 def get_config():
-    c = ml_collections.ConfigDict()
-    c.task = "mlm"
-    c.seed = 0
-    # A transformers-format folder: a RoBERTa checkpoint (converted the authors' way) or a
-    # Longformer one. '' starts from random weights.
-    c.init_from = ""
-    c.tokenizer = ""  # folder with tokenizer files; '' uses init_from's or trains one on the data
+    # init_from: a RoBERTa folder (converted the authors' way), a Longformer one, or a train.py
+    # workdir; its shapes must be config.model's.
+    c = common.run("mlm")
 
     # type_safe=False: attention_window may be an int or a per-layer tuple.
     c.model = ml_collections.ConfigDict(type_safe=False, initial_dictionary=dict(
@@ -41,21 +38,7 @@ def get_config():
     c.data = data.default_data_config()
     c.data.seq_len = 4096
 
-    c.batch_size = 64  # global, in sequences; split into grad_accum_steps micro-batches
-    c.grad_accum_steps = 32  # 2 sequences per micro-batch, as in the authors' notebook
-    c.total_steps = 65_000
-    c.stop_after_steps = 0  # stop (with a checkpoint) after this step; 0 runs to total_steps
-
-    c.optimizer = ml_collections.ConfigDict(dict(
-        learning_rate=3e-5, b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.01, grad_clip_norm=5.0))
-    c.schedule = ml_collections.ConfigDict(dict(warmup_steps=500, power=3.0, end_learning_rate=0.0))
-
-    # data x fsdp x tensor; one -1 fills the remaining devices.
-    c.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1)))
-    c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3, async_save=True))
-    c.logging = ml_collections.ConfigDict(dict(every_steps=10, eval_every_steps=1000,
-                                               eval_batches=0))  # 0: the whole held-out split
-    # Multi-host: jax.distributed.initialize(); empty fields are auto-detected on TPU/SLURM.
-    c.distributed = ml_collections.ConfigDict(dict(
-        enabled=False, coordinator_address="", num_processes=0, process_id=-1))
-    return c
+    # 64 sequences = 2^18 tokens a step, 2 sequences per micro-batch as in the authors' notebook.
+    return common.trainer(c, batch_size=64, grad_accum_steps=32, total_steps=65_000,
+                          learning_rate=3e-5, warmup_steps=500, power=3.0, grad_clip_norm=5.0,
+                          log_every=10, eval_every=1000)

@@ -22,11 +22,11 @@ however long the context. `--config.global_attention=question|cls|none` override
         --config.optimizer.learning_rate=3e-5
 """
 
-from longformer.tasks import finetune
+from configs import common
 
 
 def get_config():
-    c = finetune.base_config("multiple_choice", seq_len=256, windows=(32, 32, 64))
+    c = common.finetune("multiple_choice", seq_len=256, windows=(32, 32, 64))
     c.data.num_choices = 0  # 0: the most choices any example has
     c.data.max_choice_tokens = 15  # question + choice tokens kept (their last ones)
     c.model.max_global_tokens = 16  # max_choice_tokens + 1 for the final </s>

@@ -20,13 +20,13 @@ Global attention: `<s>` and the question (the reference's default): questions ke
         --config.data.window_overlap=256 --config.optimizer.learning_rate=3e-5
 """
 
-from longformer.tasks import finetune
+from configs import common
 
 
 def get_config():
     # Narrow bands: a context token finds the question among its band's keys and the global
     # columns, and learns to look there sooner when the band is small (w=32/64: ~2x slower).
-    c = finetune.base_config("qa", seq_len=256, windows=(16, 16, 32))
+    c = common.finetune("qa", seq_len=256, windows=(16, 16, 32))
     c.total_steps = 600
     c.optimizer.learning_rate = 2e-3
     c.data.max_question_tokens = 15  # <s> + question are global: max_global_tokens = this + 1

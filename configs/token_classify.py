@@ -19,12 +19,12 @@ where it has the most context. No global attention by default (the reference's);
         --config.optimizer.learning_rate=3e-5
 """
 
-from longformer.tasks import finetune
+from configs import common
 
 
 def get_config():
     # Narrow bands learn the look-back sooner (w=32/64 bands: F1 0.50 after 500 steps).
-    c = finetune.base_config("token_classification", seq_len=256, windows=(16, 16, 32))
+    c = common.finetune("token_classification", seq_len=256, windows=(16, 16, 32))
     c.total_steps = 600
     c.data.labels = ""  # comma-separated tag set; '' = every tag of the train file, O first
     c.data.window_overlap = 64  # tokens shared by consecutive windows of a long document

@@ -1,6 +1,7 @@
 """longformer-jax: Longformer (Beltagy, Peters, Cohan, 2020) in JAX/Flax."""
 
 from longformer.config import LongformerConfig
+from longformer.layout import stack_layers, unstack_layers
 from longformer.modeling import (
     LongformerForMaskedLM,
     LongformerForMultipleChoice,
@@ -10,8 +11,6 @@ from longformer.modeling import (
     LongformerHeadOutput,
     LongformerModel,
     LongformerOutput,
-    stack_layers,
-    unstack_layers,
 )
 
 __all__ = [

@@ -26,8 +26,17 @@ import numpy as np
 
 from longformer import attention as attn_op
 from longformer.config import LongformerConfig
-from longformer.modeling import (_REMAT_POLICIES, Dense, DenseParams, Embed, LayerNorm, _activation,
-                                 _concrete, linear)
+from longformer.layers import (
+    REMAT_POLICIES,
+    Dense,
+    DenseParams,
+    Embed,
+    LayerNorm,
+    activation,
+    concrete,
+    linear,
+)
+from longformer.modeling import ResolvedModule
 
 VOCAB_SIZE = 256  # bytes
 
@@ -75,7 +84,7 @@ class CharLMAttention(nn.Module):
         params = [DenseParams(hidden, cfg, ("embed", "heads"), name=n)(hidden) for n in names]
         kernel = jnp.concatenate([p[0].astype(dtype) for p in params], axis=1)
         bias = jnp.concatenate([p[1] for p in params])
-        fused = linear(x, kernel, bias, dtype)  # one matmul for the three projections
+        fused = linear(x, kernel, bias, cfg)  # one matmul for the three projections
         q, k, v = (t.reshape(batch, length, heads, dim) for t in jnp.split(fused, 3, axis=-1))
         q = rotary(q.astype(jnp.float32) / math.sqrt(dim), positions).astype(dtype)
         k = rotary(k, positions)
@@ -86,7 +95,7 @@ class CharLMAttention(nn.Module):
         out = attn_op.dilated_band_attention(
             q, k, v, jnp.ones((batch, length), bool), left=left, right=right,
             dilation=cfg.layer_dilations[self.layer_index], block=cfg.attention_block_size or None,
-            dropout_rate=rate, dropout_rng=rng)
+            dropout_rate=rate, dropout_rng=rng, loop=cfg.band_impl == "loop")
         return Dense(hidden, cfg, ("heads", "embed"), name="output")(out.reshape(batch, length,
                                                                                   hidden))
 
@@ -107,11 +116,11 @@ class CharLMLayer(nn.Module):
         h = LayerNorm(cfg, name="mlp_norm")(x)
         h = Dense(cfg.intermediate_size, cfg, ("embed", "mlp"), name="mlp_in")(h)
         h = Dense(cfg.hidden_size, cfg, ("mlp", "embed"), name="mlp_out")(
-            _activation(cfg.hidden_act)(h))
+            activation(cfg.hidden_act, cfg)(h))
         return x + drop(h, deterministic=deterministic)
 
 
-class CharLM(nn.Module):
+class CharLM(ResolvedModule):
     """input_ids (B, N) bytes -> next-byte logits (B, N, 256); position t sees bytes <= t only.
 
     `model.apply(params, input_ids, deterministic=False, rngs={'dropout': key})` for training.
@@ -125,7 +134,7 @@ class CharLM(nn.Module):
         cfg = self.config
         if not cfg.causal:
             raise ValueError("CharLM is autoregressive: its config needs causal=True")
-        known = _concrete(global_attention_mask)
+        known = concrete(global_attention_mask)
         if known is not None and known.any():
             raise ValueError("CharLM has no global attention: it would leak the future")
         x = Embed(cfg.vocab_size, cfg, name="embed")(input_ids)
@@ -133,7 +142,7 @@ class CharLM(nn.Module):
         positions = jnp.arange(input_ids.shape[1])
         layer_cls = CharLMLayer
         if cfg.remat != "none":  # arguments count `self` as 0: deterministic is static
-            layer_cls = nn.remat(CharLMLayer, policy=_REMAT_POLICIES[cfg.remat],
+            layer_cls = nn.remat(CharLMLayer, policy=REMAT_POLICIES[cfg.remat],
                                  static_argnums=(3,))
         for i in range(cfg.num_hidden_layers):
             x = layer_cls(cfg, i, name=f"layer_{i}")(x, positions, deterministic)

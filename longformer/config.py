@@ -27,13 +27,21 @@ import jax.numpy as jnp
 
 # Hugging Face config.json keys that we read and write (everything else is ignored on load).
 HF_FIELDS = (
-        "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-        "hidden_act", "hidden_dropout_prob", "attention_probs_dropout_prob", "max_position_embeddings",
-        "type_vocab_size", "initializer_range", "layer_norm_eps", "attention_window", "pad_token_id",
-        "bos_token_id", "eos_token_id", "sep_token_id", "num_labels", "problem_type",
+    "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+    "hidden_act", "hidden_dropout_prob", "attention_probs_dropout_prob", "max_position_embeddings",
+    "type_vocab_size", "initializer_range", "layer_norm_eps", "attention_window", "pad_token_id",
+    "bos_token_id", "eos_token_id", "sep_token_id", "num_labels", "problem_type",
 )
 
-ATTENTION_IMPLS = ("banded", "dense")
+# How the band runs: 'loop' (query blocks one after another, scores kept in cache, a hand-written
+# VJP: XLA:CPU's layout), 'batched' (every block at once, backward by recomputation: GPUs and
+# TPUs), 'dense' (an O(N^2) masked baseline for benchmarks); 'auto' picks by `platform`.
+ATTENTION_IMPLS = ("auto", "loop", "batched", "dense")
+# The platform the model is built for: 'cpu' turns on what exists only for XLA:CPU (the block
+# loop, the hand-written VJPs of `kernels.py`, float32 global-row matmuls); 'auto' resolves it
+# from the devices the computation runs on (`LongformerConfig.resolve`).
+PLATFORMS = ("auto", "cpu", "gpu", "tpu")
+_PLATFORM_ALIASES = {"cuda": "gpu", "rocm": "gpu"}
 REMAT_POLICIES = ("none", "minimal", "full", "dots", "dots_no_batch")
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu", "swish", "tanh")
 
@@ -60,16 +68,18 @@ class LongformerConfig:
     eos_token_id: int = 2
     sep_token_id: int = 2
     num_labels: int = 2
-    problem_type: str | None = None  # 'regression' | 'single_label_classification' | 'multi_label_classification'
+    # 'regression' | 'single_label_classification' | 'multi_label_classification'
+    problem_type: str | None = None
 
     # --- JAX only ---
-    dtype: str = "float32"  # compute dtype of matmuls; softmax and LayerNorm statistics stay float32
+    dtype: str = "float32"  # compute dtype of matmuls; softmax, LayerNorm statistics: float32
     param_dtype: str = "float32"
-    max_global_tokens: int = 64  # static per-example budget of global tokens; 0 removes the global path
+    max_global_tokens: int = 64  # static per-example budget of global tokens; 0: no global path
     remat: str = "none"  # rematerialisation per layer: none | minimal | full | dots | dots_no_batch
     attention_block_size: int = 0  # query block of the banded op; 0 picks one from the window
     scan_layers: bool = False  # lax.scan over runs of layers sharing a window (compile time)
-    attention_impl: str = "banded"  # 'banded' | 'dense' (O(N^2) masked attention: a benchmark baseline)
+    attention_impl: str = "auto"  # auto | loop | batched | dense (see ATTENTION_IMPLS)
+    platform: str = "auto"  # auto | cpu | gpu | tpu (see PLATFORMS and `resolve`)
     attention_dilation: Any = 1  # int | one per layer | per layer one per head (see the docstring)
     causal: bool = False  # one-sided windows (autoregressive); needs max_global_tokens=0
 
@@ -89,7 +99,7 @@ class LongformerConfig:
             raise ValueError(f"LongformerConfig: {msg}")
 
         for name in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
-                                  "intermediate_size", "max_position_embeddings", "type_vocab_size"):
+                     "intermediate_size", "max_position_embeddings", "type_vocab_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 fail(f"{name} must be a positive int, got {value!r}")
@@ -103,8 +113,8 @@ class LongformerConfig:
                           f"{self.num_hidden_layers}; give one window per layer or a single int")
         for i, w in enumerate(self.layer_windows):
             if not isinstance(w, int) or w <= 0 or w % 2:
-                fail(f"attention_window for layer {i} must be an even positive int (the total window, "
-                          f"w/2 on each side), got {w!r}")
+                fail(f"attention_window for layer {i} must be an even positive int (the total "
+                     f"window, w/2 on each side), got {w!r}")
         if self.pad_token_id >= self.max_position_embeddings - 1:
             fail(f"pad_token_id ({self.pad_token_id}) leaves no rows in a position table of "
                       f"{self.max_position_embeddings}")
@@ -116,6 +126,8 @@ class LongformerConfig:
             fail(f"max_global_tokens must be >= 0, got {self.max_global_tokens}")
         if self.attention_impl not in ATTENTION_IMPLS:
             fail(f"attention_impl {self.attention_impl!r} is not one of {ATTENTION_IMPLS}")
+        if self.platform not in PLATFORMS + tuple(_PLATFORM_ALIASES):
+            fail(f"platform {self.platform!r} is not one of {PLATFORMS}")
         if self.attention_block_size < 0:
             fail(f"attention_block_size must be >= 0, got {self.attention_block_size}")
         self._validate_dilation_and_causal(fail)
@@ -148,8 +160,9 @@ class LongformerConfig:
             fail(f"causal=True cannot use global attention (max_global_tokens="
                  f"{self.max_global_tokens}): a global token sees every position and is seen by "
                  f"every position, which leaks the future; set max_global_tokens=0")
-        if self.attention_impl == "dense" and any(d != 1 for l in self.layer_dilations for d in l):
-            fail("attention_impl='dense' (the benchmark baseline) has no dilation; use 'banded'")
+        dilated = any(d != 1 for ds in self.layer_dilations for d in ds)
+        if self.attention_impl == "dense" and dilated:
+            fail("attention_impl='dense' (the benchmark baseline) has no dilation; use 'auto'")
 
     # ------------------------------------------------------------------ derived
     @property
@@ -191,6 +204,41 @@ class LongformerConfig:
     @property
     def params_dtype(self):
         return jnp.dtype(self.param_dtype)
+
+    @property
+    def band_impl(self) -> str:
+        """The attention layout that runs: `attention_impl`, or for 'auto' the platform's."""
+        if self.attention_impl != "auto":
+            return self.attention_impl
+        return "loop" if self.resolve().platform == "cpu" else "batched"
+
+    @property
+    def on_cpu(self) -> bool:
+        """Built for XLA:CPU: the code that exists only for it runs (and nowhere else)."""
+        return self.resolve().platform == "cpu"
+
+    def resolve(self, where: Any = None) -> "LongformerConfig":
+        """This config with `platform` resolved: a platform name, a `jax.sharding.Mesh` (its
+        devices' platform) or None (JAX's default devices); an explicit platform is kept.
+
+        The top-level models resolve their config when they are built, so what a traced
+        function runs is fixed before tracing: to export or compile ahead of time for another
+        platform, build the model with `platform='gpu'` / `'tpu'` (or `resolve('tpu')`).
+        """
+        platform = self.platform
+        if platform == "auto":
+            if where is None:
+                import jax
+                platform = jax.devices()[0].platform
+            elif isinstance(where, str):
+                platform = where
+            else:  # a mesh
+                platform = where.devices.flat[0].platform
+        platform = _PLATFORM_ALIASES.get(platform, platform)
+        if platform not in PLATFORMS[1:]:
+            raise ValueError(f"LongformerConfig: platform {platform!r} is not one of "
+                             f"{PLATFORMS[1:]}")
+        return self if platform == self.platform else dataclasses.replace(self, platform=platform)
 
     def replace(self, **changes) -> "LongformerConfig":
         return dataclasses.replace(self, **changes)

@@ -349,7 +349,7 @@ def _window_arg(text: str) -> int | list[int]:
     try:
         values = [int(p) for p in parts]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not an int or comma-separated ints: {text!r}")
+        raise argparse.ArgumentTypeError(f"not an int or comma-separated ints: {text!r}") from None
     if not values:
         raise argparse.ArgumentTypeError("empty attention_window")
     return values[0] if len(values) == 1 else values

@@ -82,17 +82,17 @@ files. Everything is held in memory as int32 arrays: fine for corpora up to a fe
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import glob
 import json
 import logging
 import os
-import sysconfig
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Sequence
 
 import grain
 import numpy as np
+
+from longformer.corpus import default_corpus_documents, default_corpus_files
 
 logger = logging.getLogger(__name__)
 
@@ -139,22 +139,14 @@ def default_data_config():
     ))
 
 
-_DEFAULTS = dict(
-    train_files="", text_format="auto", text_field="text", seq_len=512, mlm_probability=0.15,
-    eval_fraction=0.05, eval_seed=0, num_epochs=0, max_documents=0, worker_threads=4,
-    prefetch_batches=8,
-)
-
-
 def _opt(config: Any, name: str):
     """Reads a data option from a ConfigDict / dataclass / dict / namespace, with the default."""
+    default = default_data_config()[name]
     if config is None:
-        return _DEFAULTS[name]
-    if isinstance(config, dict):
-        value = config.get(name, _DEFAULTS[name])
-    else:
-        value = getattr(config, name, _DEFAULTS[name])
-    return _DEFAULTS[name] if value is None else value
+        return default
+    value = config.get(name, default) if isinstance(config, dict) else getattr(config, name,
+                                                                                 default)
+    return default if value is None else value
 
 
 # ----------------------------------------------------------------------------- files
@@ -210,11 +202,13 @@ class _Warner:
                            self.count - _MAX_WARNINGS_PER_FILE, self.count)
 
 
-def _json_text(obj: Any, field: str) -> str | None:
-    if isinstance(obj, dict):
-        value = obj.get(field)
-        return value if isinstance(value, str) else None
-    return None
+def _add_json_text(docs: list[str], obj: Any, field: str, warn: _Warner, where: str) -> None:
+    """obj[field] joins the documents when it is a non-blank string; no string is a warning."""
+    value = obj.get(field) if isinstance(obj, dict) else None
+    if not isinstance(value, str):
+        warn("Skipping %s: no string field %r", where, field)
+    elif value.strip():
+        docs.append(value)
 
 
 def _read_file(path: str, fmt: str, field: str) -> list[str]:
@@ -243,25 +237,18 @@ def _read_file(path: str, fmt: str, field: str) -> list[str]:
             return []
         docs = [text] if text.strip() else []
     else:
+        whole = None
         if fmt == "jsonl" and path.lower().endswith(".json"):
             # A .json file may also hold a single JSON array (or object) rather than JSON lines.
             try:
                 whole = json.loads(raw.decode("utf-8"))
             except (UnicodeDecodeError, ValueError):
                 whole = None
-            if isinstance(whole, (list, dict)):
-                items = whole if isinstance(whole, list) else [whole]
-                for i, item in enumerate(items):
-                    text = _json_text(item, field)
-                    if text is None:
-                        warn("Skipping %s item %d: no string field %r", path, i, field)
-                    elif text.strip():
-                        docs.append(text)
-                warn.finish()
-                if not docs:
-                    logger.warning("%s: no documents found", path)
-                return docs
-        for lineno, line in enumerate(raw.splitlines(), start=1):
+        if isinstance(whole, (list, dict)):
+            for i, item in enumerate(whole if isinstance(whole, list) else [whole]):
+                _add_json_text(docs, item, field, warn, f"{path} item {i}")
+        lines = [] if isinstance(whole, (list, dict)) else raw.splitlines()
+        for lineno, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
             try:
@@ -277,11 +264,7 @@ def _read_file(path: str, fmt: str, field: str) -> list[str]:
             except ValueError as e:
                 warn("Skipping %s line %d: malformed JSON (%s)", path, lineno, e)
                 continue
-            text = _json_text(obj, field)
-            if text is None:
-                warn("Skipping %s line %d: no string field %r", path, lineno, field)
-            elif text.strip():
-                docs.append(text)
+            _add_json_text(docs, obj, field, warn, f"{path} line {lineno}")
         warn.finish()
     if not docs:
         logger.warning("%s: no documents found", path)
@@ -307,115 +290,7 @@ def read_documents(files: Sequence[str], text_format: str = "auto", text_field: 
     return docs
 
 
-# ----------------------------------------------------------------------------- default corpus
-def _stdlib_dir() -> str:
-    return sysconfig.get_paths()["stdlib"]
-
-
-def default_corpus_files() -> list[str]:
-    """The files of the embedded default corpus: plain English text every CPython install has.
-
-    ``pydoc_data/topics.py`` (the language reference as text: ~0.46 MB), ``LICENSE.txt`` and the
-    top-level ``*.py`` modules of the standard library (their docstrings: ~0.9 MB).
-    """
-    stdlib = _stdlib_dir()
-    files = []
-    for rel in (os.path.join("pydoc_data", "topics.py"), "LICENSE.txt"):
-        path = os.path.join(stdlib, rel)
-        if os.path.isfile(path):
-            files.append(path)
-    files.extend(sorted(glob.glob(os.path.join(stdlib, "*.py"))))
-    return files
-
-
-def _pydoc_topics(path: str | None) -> list[str]:
-    topics = None
-    if path is not None:
-        try:
-            with open(path, encoding="utf-8") as f:
-                tree = ast.parse(f.read())
-            for node in tree.body:
-                if (isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "topics"
-                                                         for t in node.targets)):
-                    topics = ast.literal_eval(node.value)
-        except (OSError, SyntaxError, ValueError, UnicodeDecodeError):
-            topics = None
-    if not isinstance(topics, dict):
-        try:
-            from pydoc_data import topics as topics_module  # pylint: disable=import-outside-toplevel
-            topics = topics_module.topics
-        except ImportError:
-            return []
-    return [str(topics[k]).strip() for k in sorted(topics) if str(topics[k]).strip()]
-
-
-def _docstring_documents(path: str) -> list[str]:
-    """One document per module (module + function docstrings) and one per top-level class."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            tree = ast.parse(f.read())
-    except (OSError, SyntaxError, ValueError, UnicodeDecodeError):
-        return []
-    funcs = (ast.FunctionDef, ast.AsyncFunctionDef)
-
-    def docs_under(node) -> list[str]:
-        out = []
-        for sub in ast.walk(node):
-            if isinstance(sub, (ast.ClassDef, *funcs)):
-                doc = ast.get_docstring(sub)
-                if doc:
-                    out.append(doc)
-        return out
-
-    module_parts = [ast.get_docstring(tree) or ""]
-    documents = []
-    for node in tree.body:
-        if isinstance(node, ast.ClassDef):
-            text = "\n\n".join(docs_under(node)).strip()
-            if len(text) >= 40:
-                documents.append(text)
-        elif isinstance(node, funcs):
-            module_parts.extend(docs_under(node))
-    module_text = "\n\n".join(p for p in module_parts if p).strip()
-    if len(module_text) >= 40:
-        documents.insert(0, module_text)
-    return documents
-
-
-_DEFAULT_CORPUS_CACHE: list[str] | None = None
-
-
-def default_corpus_documents() -> list[str]:
-    """The embedded default corpus as a list of documents (~1.4 MB of English text, ~700 docs).
-
-    No download: the Python language reference topics shipped as ``pydoc_data`` (one document per
-    topic), the CPython ``LICENSE.txt`` and the docstrings of the standard library's top-level
-    modules (one document per module and one per top-level class). Deterministic for a given
-    Python install; cached after the first call (returns a fresh list).
-    """
-    global _DEFAULT_CORPUS_CACHE
-    if _DEFAULT_CORPUS_CACHE is None:
-        files = default_corpus_files()
-        topics_path = next((f for f in files if f.endswith(os.path.join("pydoc_data", "topics.py"))), None)
-        documents = _pydoc_topics(topics_path)
-        for path in files:
-            if path.endswith("LICENSE.txt"):
-                try:
-                    with open(path, encoding="utf-8") as f:
-                        text = f.read().strip()
-                except (OSError, UnicodeDecodeError):
-                    text = ""
-                if text:
-                    documents.append(text)
-            elif path.endswith(".py") and path != topics_path:
-                documents.extend(_docstring_documents(path))
-        documents = list(dict.fromkeys(documents))  # exact duplicates (e.g. aliased topics) once
-        if not documents:
-            raise RuntimeError(f"The default corpus is empty: no text found under {_stdlib_dir()}")
-        _DEFAULT_CORPUS_CACHE = documents
-    return list(_DEFAULT_CORPUS_CACHE)
-
-
+# ----------------------------------------------------------------------------- documents
 def load_documents(config: Any = None) -> list[str]:
     """The documents named by ``config.train_files`` ('' = the default corpus), capped at
     ``config.max_documents`` when that is positive."""
@@ -567,7 +442,7 @@ class MLMMasking(grain.transforms.RandomMap):
 # ----------------------------------------------------------------------------- pipeline
 @dataclasses.dataclass
 class MLMData:
-    """What ``make_mlm_datasets`` returns. Unpacks as ``train_iter, eval_dataset = data``.
+    """What ``make_mlm_datasets`` returns.
 
     ``train``: checkpointable ``grain.DatasetIterator`` of batches (infinite when num_epochs == 0).
     ``eval``: a re-iterable grain ``IterDataset``: each ``iter(data.eval)`` is one deterministic pass
@@ -578,18 +453,12 @@ class MLMData:
 
     train: grain.DatasetIterator
     eval: Any
-    train_dataset: grain.MapDataset  # the batched per-host MapDataset behind `train`
-    per_host_batch_size: int
     seq_len: int
     num_train_documents: int
     num_eval_documents: int
     num_train_sequences: int  # packed sequences in one epoch (all hosts)
     num_eval_sequences: int  # real (non-filler) packed eval sequences (all hosts)
     num_eval_batches: int  # per pass, the same on every host
-    train_batches_per_epoch: int  # global batches per epoch
-
-    def __iter__(self) -> Iterator[Any]:
-        return iter((self.train, self.eval))
 
 
 def _derived_seed(seed: int, tag: int) -> int:
@@ -673,8 +542,7 @@ def make_mlm_datasets(config: Any, tokenizer: Any, *, seed: int, global_batch_si
                        _opt(config, "eval_fraction"))
 
     return MLMData(
-        train=train_iter, eval=eval_dataset, train_dataset=train_ds, per_host_batch_size=per_host,
-        seq_len=seq_len, num_train_documents=len(train_docs), num_eval_documents=len(eval_docs),
-        num_train_sequences=n_train, num_eval_sequences=len(eval_seqs),
-        num_eval_batches=num_eval_batches, train_batches_per_epoch=n_train // global_batch_size,
+        train=train_iter, eval=eval_dataset, seq_len=seq_len, num_train_documents=len(train_docs),
+        num_eval_documents=len(eval_docs), num_train_sequences=n_train,
+        num_eval_sequences=len(eval_seqs), num_eval_batches=num_eval_batches,
     )

@@ -21,7 +21,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from longformer import hf_checkpoint, sharding, tasks
+from longformer import checkpoints, hf_checkpoint, sharding, tasks
 from longformer.tasks import init_from
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, checkpoint: str, *,
 
     if is_run:
         step = step if step is not None else path_step
-        step = init_from.latest_step(workdir) if step is None else step
+        step = checkpoints.latest_step(workdir) if step is None else step
         if not (config.get("tokenizer") or os.path.isdir(os.path.join(workdir, "tokenizer"))
                 or config.get("init_from")):
             raise FileNotFoundError(f"{workdir} has no tokenizer/ folder and the config names "
@@ -106,7 +106,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, checkpoint: str, *,
         shardings = sharding.param_shardings(boxed, mesh)
         target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                               nn.meta.unbox(boxed), shardings)
-        params = init_from.restore_params(workdir, step, target)
+        params = checkpoints.restore_params(workdir, step, target)
         out_dir = output_dir or workdir
     else:
         config = ml_collections.ConfigDict(config.to_dict())  # unlocked copy

@@ -22,7 +22,8 @@ import numpy as np
 from flax import traverse_util
 
 from longformer.config import LongformerConfig
-from longformer.modeling import MODEL_CLASSES, unstack_layers
+from longformer.layout import to_model_layout, unstack_layers
+from longformer.modeling import MODEL_CLASSES
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +133,10 @@ def params_from_state_dict(
     Encoder parameters must all be present and every shape must match
     (`CheckpointMismatchError` otherwise); head and pooler parameters missing from the checkpoint
     (a new task) are freshly initialised. Returns the params and a report {'loaded', 'initialised',
-    'unexpected'}.
+    'unexpected'}. A `scan_layers` model gets its layers stacked (`layout.py`).
     """
+    target = model.config
+    model = model.clone(config=target.replace(scan_layers=False))  # torch names one per layer
     expected = abstract_params(model)
     by_name = {_canonical(k): k for k in state if not _IGNORED.search(k)}
     loaded: dict[tuple[str, ...], Any] = {}
@@ -171,7 +174,7 @@ def params_from_state_dict(
     report = {"loaded": sorted(torch_name(p)[0] for p in expected if torch_name(p)[0] not in
                                initialised),
               "initialised": initialised, "unexpected": unexpected}
-    return {"params": traverse_util.unflatten_dict(loaded)}, report
+    return {"params": to_model_layout(traverse_util.unflatten_dict(loaded), target)}, report
 
 
 def load_hf_checkpoint(path: str | os.PathLike, task: str | None = None, *,
@@ -214,7 +217,7 @@ def save_hf_checkpoint(path: str | os.PathLike, model: nn.Module, params: Mappin
     path = os.fspath(path)
     os.makedirs(path, exist_ok=True)
     model.config.save_pretrained(path, architectures=[model.__class__.__name__])
-    # One entry per layer (params held stacked for a layer scan are split); the tied decoder is
-    # re-tied by transformers on load.
+    # One entry per layer (a scan model's stacked layers are split); the tied decoder is re-tied
+    # by transformers on load.
     state = state_dict_from_params(unstack_layers(params, model.config))
     save_file(state, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})

@@ -3,13 +3,12 @@
 Parameter names mirror the Hugging Face state dict (`embeddings/word_embeddings`,
 `encoder/layer_3/attention/self/query_global`, `lm_head/decoder` is tied...), so checkpoint
 conversion is a systematic renaming. Every parameter carries logical axis names for sharding.
-The attention math lives in `attention.py`; modules here only hold parameters and project.
+The attention math lives in `attention.py` and the reusable layers in `layers.py`; modules here
+only hold parameters, project and call them.
 """
 
 from __future__ import annotations
 
-import functools
-import math
 from typing import Optional
 
 import flax
@@ -17,11 +16,29 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from jax.ad_checkpoint import checkpoint_name
 
 from longformer import attention as attn_op
+from longformer import global_attention
 from longformer.config import LongformerConfig
+from longformer.layers import (
+    REMAT_POLICIES,
+    Dense,
+    DenseParams,
+    Embed,
+    LayerNorm,
+    activation,
+    concrete,
+    gelu,
+    linear,
+)
+from longformer.layout import layer_runs, run_name, stack_layers, unstack_layers  # noqa: F401
+from longformer.losses import (  # noqa: F401
+    masked_cross_entropy,
+    problem_type,
+    question_answering_loss,
+    sequence_classification_loss,
+)
 
 Array = jax.Array
 
@@ -51,193 +68,18 @@ class LongformerHeadOutput:
     global_overflow: Optional[Array] = None
 
 
-# ----------------------------------------------------------------------------- building blocks
-def _init(config: LongformerConfig, axes: tuple[str, ...]):
-    return nn.with_logical_partitioning(nn.initializers.normal(config.initializer_range), axes)
-
-
-_SQRT_HALF = math.sqrt(0.5)
-_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
-
-
-@jax.custom_vjp
-def gelu(x):
-    """The exact (erf) GELU, x * Phi(x), as torch computes it, with a VJP that evaluates erf and
-    exp once per element (autodiff of jax.nn.gelu's erfc form makes more passes over the FFN's
-    largest activation)."""
-    xf = x.astype(jnp.float32)
-    return (xf * (0.5 + 0.5 * jax.lax.erf(xf * _SQRT_HALF))).astype(x.dtype)
-
-
-def _gelu_fwd(x):
-    return gelu(x), x
-
-
-def _gelu_bwd(x, g):
-    xf = x.astype(jnp.float32)
-    cdf = 0.5 + 0.5 * jax.lax.erf(xf * _SQRT_HALF)
-    pdf = jnp.exp(-0.5 * jnp.square(xf)) * _INV_SQRT_2PI
-    return ((g.astype(jnp.float32) * (cdf + xf * pdf)).astype(x.dtype),)
-
-
-gelu.defvjp(_gelu_fwd, _gelu_bwd)
-
-
-def _activation(name: str):
-    return {
-        "gelu": gelu,
-        "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
-        "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
-        "relu": jax.nn.relu,
-        "silu": jax.nn.silu,
-        "swish": jax.nn.silu,
-        "tanh": jnp.tanh,
-    }[name]
-
-
-def _linear_params(module: nn.Module, config: LongformerConfig, in_features: int,
-                   features: int, axes: tuple[str, str]):
-    kernel = module.param("kernel", _init(config, axes), (in_features, features),
-                          config.params_dtype)
-    bias = module.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, (axes[1],)),
-                        (features,), config.params_dtype)
-    return kernel, bias
-
-
-@jax.custom_vjp
-def _matmul_f32(x, w):
-    """x (..., K) @ w (K, N) in their dtype with a float32 result, and a backward pass whose two
-    matmuls ask for float32 results too (autodiff's would round bfloat16 products to bfloat16
-    inside the kernel, which XLA:CPU runs at half speed). In float32 the written-out backward is
-    faster too: about 10% on the base model's 4K train step on CPU (bench/README.md)."""
-    return jnp.dot(x, w, preferred_element_type=jnp.float32)
-
-
-def _matmul_f32_fwd(x, w):
-    return _matmul_f32(x, w), (x, w)
-
-
-def _matmul_f32_bwd(res, g):
-    x, w = res
-    g = g.astype(x.dtype)  # the output is rounded to x.dtype by its consumer: no loss
-    gx = jnp.dot(g, w.T, preferred_element_type=jnp.float32).astype(x.dtype)
-    gw = jnp.dot(x.reshape(-1, x.shape[-1]).T, g.reshape(-1, g.shape[-1]),
-                 preferred_element_type=jnp.float32).astype(w.dtype)
-    return gx, gw
-
-
-_matmul_f32.defvjp(_matmul_f32_fwd, _matmul_f32_bwd)
-
-
-def linear(x, kernel, bias, dtype):
-    """x @ kernel + bias computed in `dtype`, accumulated and biased in float32, then cast once.
-
-    Asking for a float32 result is also what makes XLA:CPU run bfloat16 matmuls fast (about
-    1.8x float32 there, against 0.8x when the product is rounded to bfloat16 in the kernel).
-    """
-    y = _matmul_f32(x.astype(dtype), kernel.astype(dtype))
-    return (y + bias.astype(jnp.float32)).astype(dtype)
-
-
-class Dense(nn.Module):
-    """A linear layer with logical axes (`kernel` is [in, out], the transpose of torch's)."""
-    features: int
-    config: LongformerConfig
-    axes: tuple[str, str] = ("embed", "mlp")
-
-    @nn.compact
-    def __call__(self, x):
-        kernel, bias = _linear_params(self, self.config, x.shape[-1], self.features, self.axes)
-        dtype = self.config.compute_dtype
-        return linear(x, kernel, bias, dtype)
-
-
-class DenseParams(nn.Module):
-    """Only declares a linear layer's `kernel` and `bias`, so callers can fuse several layers."""
-    features: int
-    config: LongformerConfig
-    axes: tuple[str, str] = ("embed", "mlp")
-
-    @nn.compact
-    def __call__(self, in_features: int):
-        return _linear_params(self, self.config, in_features, self.features, self.axes)
-
-
-def _normalise(x, eps):
-    mean = jnp.mean(x, axis=-1, keepdims=True)
-    centred = x - mean
-    rstd = jax.lax.rsqrt(jnp.mean(jnp.square(centred), axis=-1, keepdims=True) + eps)
-    return centred * rstd, rstd
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def layer_norm(x, scale, bias, eps):
-    """(x - mean) / std * scale + bias over the last axis, all float32.
-
-    Written out with its VJP: the backward pass keeps only the normalised rows and 1 / std, and
-    the scale and bias gradients (sums over every row) are matrix-vector products rather than
-    column reductions. In the base model's 4K train step on CPU that saved about 5% of the time
-    and 0.9 GB of peak memory against differentiating the forward (bench/README.md).
-    """
-    return _normalise(x, eps)[0] * scale + bias
-
-
-def _layer_norm_fwd(x, scale, bias, eps):
-    normed, rstd = _normalise(x, eps)
-    return normed * scale + bias, (normed, rstd, scale)
-
-
-def _layer_norm_bwd(eps, res, g):
-    normed, rstd, scale = res
-    rows = g.reshape(-1, g.shape[-1])
-    ones = jnp.ones((1, rows.shape[0]), jnp.float32)
-    d_bias = jnp.dot(ones, rows)[0]
-    d_scale = jnp.dot(ones, rows * normed.reshape(rows.shape))[0]
-    d_normed = g * scale
-    d_x = rstd * (d_normed - jnp.mean(d_normed, axis=-1, keepdims=True)
-                  - normed * jnp.mean(d_normed * normed, axis=-1, keepdims=True))
-    return d_x, d_scale, d_bias
-
-
-layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
-
-
-class LayerNorm(nn.Module):
-    """LayerNorm with float32 statistics and the reference's epsilon (`scale` is torch's weight)."""
+class ResolvedModule(nn.Module):
+    """A top-level model: its config's `platform` is resolved when it is built (`'auto'`: JAX's
+    default devices), so what a traced function runs is fixed before tracing starts."""
     config: LongformerConfig
 
-    @nn.compact
-    def __call__(self, x):
-        cfg = self.config
-        features = x.shape[-1]
-        scale = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
-                           (features,), cfg.params_dtype)
-        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)),
-                          (features,), cfg.params_dtype)
-        y = layer_norm(x.astype(jnp.float32), scale.astype(jnp.float32),
-                       bias.astype(jnp.float32), cfg.layer_norm_eps)
-        return y.astype(cfg.compute_dtype)
+    def __post_init__(self):
+        if self.config.platform == "auto" or self.config.platform not in ("cpu", "gpu", "tpu"):
+            object.__setattr__(self, "config", self.config.resolve())
+        super().__post_init__()
 
 
-class Embed(nn.Module):
-    num: int
-    config: LongformerConfig
-    axes: tuple[str, str] = ("vocab", "embed")
-    zero_row: Optional[int] = None  # torch's padding_idx row starts at zero
-
-    @nn.compact
-    def __call__(self, ids):
-        base = nn.initializers.normal(self.config.initializer_range)
-
-        def init(key, shape, dtype):
-            table = base(key, shape, dtype)
-            return table if self.zero_row is None else table.at[self.zero_row].set(0)
-
-        table = self.param("embedding", nn.with_logical_partitioning(init, self.axes),
-                           (self.num, self.config.hidden_size), self.config.params_dtype)
-        return jnp.take(table, ids, axis=0).astype(self.config.compute_dtype)
-
-
+# ----------------------------------------------------------------------------- embeddings
 class LongformerEmbeddings(nn.Module):
     config: LongformerConfig
 
@@ -256,6 +98,7 @@ class LongformerEmbeddings(nn.Module):
         return nn.Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
 
 
+# ----------------------------------------------------------------------------- one layer
 class LongformerSelfAttention(nn.Module):
     """The six projections of a layer; the math is `attention.longformer_attention`."""
     config: LongformerConfig
@@ -280,7 +123,7 @@ class LongformerSelfAttention(nn.Module):
         names = ["query", "key", "value"] + ([] if factored else global_names)
         kernel = jnp.concatenate([params[n][0].astype(dtype) for n in names], axis=1)
         bias = jnp.concatenate([params[n][1] for n in names])
-        fused = checkpoint_name(linear(x, kernel, bias, dtype), "projections")
+        fused = checkpoint_name(linear(x, kernel, bias, cfg), "projections")
         split = jnp.split(fused, len(names), axis=-1)
         proj = {n: s.reshape(batch, length, heads, dim) for n, s in zip(names, split)}
         scale = 1.0 / np.sqrt(dim)
@@ -291,28 +134,32 @@ class LongformerSelfAttention(nn.Module):
             qg_kernel, qg_bias = DenseParams(hidden, cfg, ("embed", "heads"),
                                              name="query_global")(hidden)
             x_global = attn_op.gather_rows(x, globals_.index).astype(dtype)
-            q_global = linear(x_global, qg_kernel, qg_bias, dtype)
+            q_global = linear(x_global, qg_kernel, qg_bias, cfg)
             q_global = (q_global.astype(jnp.float32) * scale).astype(dtype)
             q_global = q_global.reshape(batch, -1, heads, dim)
             if factored:
                 (k_kernel, k_bias), (v_kernel, v_bias) = params["key_global"], params["value_global"]
                 k_global = attn_op.GlobalProjection(
-                    x.astype(dtype), k_kernel.reshape(hidden, heads, dim),
-                    k_bias.reshape(heads, dim), v_kernel.reshape(hidden, heads, dim),
+                    x.astype(dtype), k_kernel.astype(dtype).reshape(hidden, heads, dim),
+                    k_bias.reshape(heads, dim), v_kernel.astype(dtype).reshape(hidden, heads, dim),
                     v_bias.reshape(heads, dim))
             else:
                 k_global, v_global = proj["key_global"], proj["value_global"]
 
         rate = cfg.attention_probs_dropout_prob
         rng = None if deterministic or rate == 0.0 else self.make_rng("dropout")
-        op = (functools.partial(attn_op.longformer_attention,
-                                dilation=cfg.layer_dilations[self.layer_index])
-              if cfg.attention_impl == "banded" else attn_op.dense_longformer_attention)
-        result = op(
-            q, proj["key"], proj["value"], attention_mask, left=left, right=right,
-            globals_=globals_, q_global=q_global, k_global=k_global, v_global=v_global,
-            block=cfg.attention_block_size or None, dropout_rate=rate, dropout_rng=rng,
-            return_probs=output_attentions)
+        impl = cfg.band_impl
+        kwargs = dict(left=left, right=right, globals_=globals_, q_global=q_global,
+                      k_global=k_global, v_global=v_global, block=cfg.attention_block_size or None,
+                      dropout_rate=rate, dropout_rng=rng, return_probs=output_attentions,
+                      upcast_global=cfg.on_cpu)
+        if impl == "dense":
+            result = attn_op.dense_longformer_attention(
+                q, proj["key"], proj["value"], attention_mask, **kwargs)
+        else:
+            result = attn_op.longformer_attention(
+                q, proj["key"], proj["value"], attention_mask,
+                dilation=cfg.layer_dilations[self.layer_index], loop=impl == "loop", **kwargs)
         if not output_attentions:
             return result.reshape(batch, length, hidden), None, None
         out, probs, g_probs = result
@@ -354,7 +201,7 @@ class _Intermediate(nn.Module):
     def __call__(self, x):
         h = Dense(self.config.intermediate_size, self.config, ("embed", "mlp"), name="dense")(x)
         h = checkpoint_name(h, "ffn_in")
-        return _activation(self.config.hidden_act)(h)
+        return activation(self.config.hidden_act, self.config)(h)
 
 
 class _Output(nn.Module):
@@ -371,108 +218,28 @@ class _Output(nn.Module):
         return LayerNorm(cfg, name="LayerNorm")(h + residual.astype(h.dtype))
 
 
-_REMAT_POLICIES = {
-    "full": None,
-    # Keep the outputs of the large matmuls and of the band attention; recompute LayerNorms, the
-    # activation, the attention's layout copies and output projection (one 768 x 768 matmul):
-    # less memory than no remat and, on CPU, less time too (bench/README.md).
-    "minimal": jax.checkpoint_policies.save_only_these_names(
-        "projections", "attention", "ffn_in", "ffn_out"),
-    "dots": jax.checkpoint_policies.checkpoint_dots,
-    "dots_no_batch": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
-}
-
-
-def layer_runs(config: LongformerConfig) -> list[tuple[int, int]]:
-    """(first layer, count) of each run of consecutive layers sharing a window and a dilation:
-    the layers one `lax.scan` covers (a layer reads both from its index)."""
-    kinds = tuple(zip(config.layer_windows, config.layer_dilations))
-    runs = []
-    for i, kind in enumerate(kinds):
-        if runs and kinds[runs[-1][0]] == kind:
-            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
-        else:
-            runs.append((i, 1))
-    return runs
-
-
-def _run_name(first: int, count: int) -> str:
-    return f"layers_{first}_{first + count - 1}"
-
-
-def _is_box(x) -> bool:
-    return isinstance(x, nn.LogicallyPartitioned)
-
-
-def _stack_leaves(*leaves):
-    if _is_box(leaves[0]):  # logical names gain a leading `layers` axis (never sharded)
-        return leaves[0].replace(value=jnp.stack([b.value for b in leaves]),
-                                 names=("layers",) + tuple(leaves[0].names))
-    if hasattr(leaves[0], "shape"):
-        return jnp.stack(leaves)
-    return leaves[0]  # e.g. optax.MaskedNode
-
-
-def _take_leaf(x, i: int):
-    if _is_box(x):
-        return x.replace(value=x.value[i], names=tuple(x.names)[1:])
-    return x[i] if hasattr(x, "shape") else x
-
-
-def _map_encoders(tree, fn):
-    """fn applied to every `encoder` dict in a tree of dicts, (named) tuples and lists: a model's
-    parameters, their boxed or abstract forms, or an optimizer state that mirrors them."""
-    if isinstance(tree, (dict, flax.core.FrozenDict)):
-        return {k: fn(v) if k == "encoder" and isinstance(v, (dict, flax.core.FrozenDict))
-                else _map_encoders(v, fn) for k, v in tree.items()}
-    if isinstance(tree, tuple) and hasattr(tree, "_fields"):
-        return type(tree)(*[_map_encoders(v, fn) for v in tree])
-    if isinstance(tree, (tuple, list)):
-        return type(tree)(_map_encoders(v, fn) for v in tree)
-    return tree
-
-
-def stack_layers(tree, config: LongformerConfig):
-    """Per-layer parameters (`encoder/layer_3/...`, the checkpoint layout) -> one array per run
-    of layers sharing a window (`encoder/layers_0_11/...`, leading axis = layer), the layout a
-    `scan_layers` model trains in: the layer scan then reads its parameters in place instead of
-    stacking them (and slicing their gradients apart) at every step. `unstack_layers` inverts it
-    exactly; the model applies either layout."""
-    def fn(enc):
-        if "layer_0" not in enc:
-            return dict(enc)
-        out = {k: v for k, v in enc.items() if not k.startswith("layer_")}
-        for first, count in layer_runs(config):
-            out[_run_name(first, count)] = jax.tree.map(
-                _stack_leaves, *[enc[f"layer_{i}"] for i in range(first, first + count)],
-                is_leaf=_is_box)
-        return out
-    return _map_encoders(tree, fn)
-
-
-def unstack_layers(tree, config: LongformerConfig):
-    """The inverse of `stack_layers` (a tree already per layer comes back as it is)."""
-    def fn(enc):
-        out = {k: v for k, v in enc.items() if not k.startswith("layers_")}
-        for first, count in layer_runs(config):
-            run = enc.get(_run_name(first, count))
-            if run is None:
-                return dict(enc)
-            for j in range(count):
-                out[f"layer_{first + j}"] = jax.tree.map(lambda x: _take_leaf(x, j), run,
-                                                         is_leaf=_is_box)
-        return out
-    return _map_encoders(tree, fn)
+# ----------------------------------------------------------------------------- the encoder
+def _stacked_init(layer: LongformerLayer, count: int):
+    """rng, *layer inputs -> the boxed parameters of `count` layers stacked on a leading
+    `layers` axis (never sharded)."""
+    def init(rng, *inputs):
+        def one(key):
+            return layer.init({"params": key}, *inputs)["params"]
+        stacked = jax.vmap(one)(jax.random.split(rng, count))
+        return jax.tree.map(
+            lambda b: b.replace(names=("layers",) + tuple(b.names))
+            if isinstance(b, nn.LogicallyPartitioned) else b,
+            stacked, is_leaf=lambda b: isinstance(b, nn.LogicallyPartitioned))
+    return init
 
 
 class LongformerEncoder(nn.Module):
-    """The layers, unrolled, or with `scan_layers` a `lax.scan` over each run of layers sharing a
-    window: XLA then compiles one layer per run instead of every layer.
-
-    The parameters are per layer (`layer_3/...`, as in the checkpoints; scanning stacks each run
-    when the step runs) or already stacked by `stack_layers` (`layers_0_11/...`, how train.py
-    holds them). The unrolled path is used at init and when attentions or hidden states are asked
-    for.
+    """The layers, one path per setting of `scan_layers`:
+    * unrolled: one submodule and one parameter entry per layer (`layer_3/...`);
+    * scanned: one stacked entry per run of layers sharing a window and a dilation
+      (`layers_0_11/...`, see `layout.py`), run as a `lax.scan` so that XLA compiles one layer
+      per run; layer i's dropout key is `fold_in(key, i)`. Attentions and hidden states come out
+      of the scan stacked.
     """
     config: LongformerConfig
 
@@ -480,16 +247,49 @@ class LongformerEncoder(nn.Module):
     def __call__(self, x, attention_mask, globals_, deterministic=True, output_attentions=False,
                  output_hidden_states=False):
         cfg = self.config
-        stacked = (not self.is_initializing()
-                   and _run_name(*layer_runs(cfg)[0]) in self.variables.get("params", {}))
-        if stacked or (cfg.scan_layers and not self.is_initializing()
-                       and not output_attentions and not output_hidden_states):
-            return self._explicit(x, attention_mask, globals_, deterministic, output_attentions,
+        self._check_layout()
+        if not cfg.scan_layers:
+            return self._unrolled(x, attention_mask, globals_, deterministic, output_attentions,
                                   output_hidden_states)
+        dropout_key = None if deterministic else self.make_rng("dropout")
+        hidden, attentions, global_attentions = [], [], []
+        for first, count in layer_runs(cfg):
+            layer = LongformerLayer(cfg, first)  # a run shares first's window and dilation
+
+            def body(h, xs, layer=layer):
+                p, index = xs
+                rngs = (None if dropout_key is None
+                        else {"dropout": jax.random.fold_in(dropout_key, index)})
+                out, probs, g_probs = layer.apply({"params": p}, h, attention_mask, globals_,
+                                                  deterministic, output_attentions, rngs=rngs)
+                return out, (h if output_hidden_states else None, probs, g_probs)
+
+            if cfg.remat != "none":
+                body = jax.checkpoint(body, policy=REMAT_POLICIES[cfg.remat], prevent_cse=False)
+            params = self.param(run_name(first, count), _stacked_init(layer, count), x,
+                                attention_mask, globals_)
+            # Matrices in the compute dtype (the layer casts them anyway): with bfloat16 compute
+            # the scan's copy and its gradient take half the memory.
+            params = jax.tree.map(lambda p: p.astype(cfg.compute_dtype) if p.ndim >= 3 else p,
+                                  params)
+            x, (inputs, probs, g_probs) = jax.lax.scan(
+                body, x, (params, jnp.arange(first, first + count)))
+            for j in range(count):
+                if output_hidden_states:
+                    hidden.append(inputs[j])
+                attentions.append(None if probs is None else probs[j])
+                global_attentions.append(None if g_probs is None else g_probs[j])
+        if output_hidden_states:
+            hidden.append(x)
+        return x, tuple(hidden), tuple(attentions), tuple(global_attentions)
+
+    def _unrolled(self, x, attention_mask, globals_, deterministic, output_attentions,
+                  output_hidden_states):
+        cfg = self.config
         layer_cls = LongformerLayer
         if cfg.remat != "none":
             # Arguments count `self` as 0: deterministic and output_attentions are static.
-            layer_cls = nn.remat(LongformerLayer, policy=_REMAT_POLICIES[cfg.remat],
+            layer_cls = nn.remat(LongformerLayer, policy=REMAT_POLICIES[cfg.remat],
                                  static_argnums=(4, 5))
         hidden, attentions, global_attentions = [], [], []
         for i in range(cfg.num_hidden_layers):
@@ -503,50 +303,21 @@ class LongformerEncoder(nn.Module):
             hidden.append(x)
         return x, tuple(hidden), tuple(attentions), tuple(global_attentions)
 
-    def _explicit(self, x, attention_mask, globals_, deterministic, output_attentions,
-                  output_hidden_states):
-        """The layers applied to parameters read from the tree (either layout): a `lax.scan`
-        per run, or, when attentions or hidden states are wanted, one layer after another."""
+    def _check_layout(self):
+        """Parameters in the other layout get an error that says how to convert them."""
+        if self.is_initializing():
+            return
         cfg = self.config
-        params = nn.meta.unbox(self.variables["params"])
-        dropout_key = None if deterministic else self.make_rng("dropout")
-        unrolled = output_attentions or output_hidden_states or not cfg.scan_layers
-        hidden, attentions, global_attentions = [], [], []
-        for first, count in layer_runs(cfg):
-            layer = LongformerLayer(cfg, first)  # a run shares first's window and dilation
-            # Matrices in the compute dtype (the layer casts them anyway): with bfloat16 compute
-            # the scan's copy and its gradient take half the memory.
-            def cast(p, matrix_ndim):
-                return p.astype(cfg.compute_dtype) if p.ndim >= matrix_ndim else p
-            run = params.get(_run_name(first, count))
-            if run is None:
-                run = jax.tree.map(lambda *p: jnp.stack([cast(a, 2) for a in p]),
-                                   *[params[f"layer_{i}"] for i in range(first, first + count)])
-            else:
-                run = jax.tree.map(lambda p: cast(p, 3), run)
-
-            def body(h, xs, layer=layer):
-                p, index = xs
-                rngs = (None if dropout_key is None
-                        else {"dropout": jax.random.fold_in(dropout_key, index)})
-                return layer.apply({"params": p}, h, attention_mask, globals_, deterministic,
-                                   output_attentions, rngs=rngs)
-
-            if cfg.remat != "none":
-                body = jax.checkpoint(body, policy=_REMAT_POLICIES[cfg.remat], prevent_cse=False)
-            if not unrolled:
-                x, _ = jax.lax.scan(lambda h, xs: (body(h, xs)[0], None), x,
-                                    (run, jnp.arange(first, first + count)))
-                continue
-            for j in range(count):
-                if output_hidden_states:
-                    hidden.append(x)
-                x, probs, g_probs = body(x, (jax.tree.map(lambda p: p[j], run), first + j))
-                attentions.append(probs)
-                global_attentions.append(g_probs)
-        if output_hidden_states:
-            hidden.append(x)
-        return x, tuple(hidden), tuple(attentions), tuple(global_attentions)
+        own = run_name(*layer_runs(cfg)[0]) if cfg.scan_layers else "layer_0"
+        if own in self.variables.get("params", {}):
+            return
+        if cfg.scan_layers:
+            raise ValueError("this model has scan_layers=True, so it holds its layers stacked "
+                             "(encoder/layers_*), but the parameters have one entry per layer: "
+                             "convert them with longformer.stack_layers(params, config)")
+        raise ValueError("this model has scan_layers=False, so it holds one entry per layer "
+                         "(encoder/layer_*), but the parameters are stacked: convert them with "
+                         "longformer.unstack_layers(params, config)")
 
 
 class LongformerPooler(nn.Module):
@@ -559,11 +330,7 @@ class LongformerPooler(nn.Module):
 
 
 # ----------------------------------------------------------------------------- input checks
-def _concrete(x) -> Optional[np.ndarray]:
-    """The value of x when it is known now (not traced under jit), else None."""
-    if x is None or isinstance(x, jax.core.Tracer):
-        return None
-    return np.asarray(x)
+_concrete = concrete  # the input checks below
 
 
 def _check_shape(name: str, x, shape: tuple[int, ...]):
@@ -571,35 +338,12 @@ def _check_shape(name: str, x, shape: tuple[int, ...]):
         raise ValueError(f"{name} has shape {tuple(x.shape)} but the input has shape {tuple(shape)}")
 
 
-def classification_global_mask(input_ids: Array) -> Array:
-    """The reference's default for sequence classification: only token 0 (`<s>`) is global."""
-    return jnp.zeros(input_ids.shape, jnp.int32).at[..., 0].set(1)
-
-
-def _first_separator(input_ids: Array, sep_token_id: int, what: str) -> Array:
-    ids = _concrete(input_ids)
-    if ids is not None:
-        counts = (ids == sep_token_id).sum(-1).reshape(-1)
-        bad = np.flatnonzero(counts != 3)
-        if bad.size:
-            raise ValueError(
-                f"{what}: no global_attention_mask was given, so the default rule needs the layout "
-                f"`<s> question </s></s> context </s>` with exactly three separator tokens "
-                f"(id {sep_token_id}) per example; example {int(bad[0])} has {int(counts[bad[0]])}. "
-                f"Pass global_attention_mask explicitly for other layouts.")
-    return jnp.argmax(input_ids == sep_token_id, axis=-1)
-
-
-def question_answering_global_mask(input_ids: Array, sep_token_id: int) -> Array:
-    """The reference's QA default: every token before the first `</s>` (`<s>` and the question)."""
-    first = _first_separator(input_ids, sep_token_id, "question answering")
-    return (jnp.arange(input_ids.shape[-1]) < first[..., None]).astype(jnp.int32)
-
-
-def multiple_choice_global_mask(input_ids: Array, sep_token_id: int) -> Array:
-    """The reference's multiple-choice default: every token after the first `</s></s>` pair."""
-    first = _first_separator(input_ids, sep_token_id, "multiple choice")
-    return (jnp.arange(input_ids.shape[-1]) > first[..., None] + 1).astype(jnp.int32)
+# The reference's default global attention rules (used when no global_attention_mask is given)
+# and the losses have their own modules, shared with the tokenizer and the training objectives;
+# their names stay importable from here.
+classification_global_mask = global_attention.classification
+question_answering_global_mask = global_attention.question_answering
+multiple_choice_global_mask = global_attention.multiple_choice
 
 
 def _pad_to(x, length: int, value):
@@ -611,7 +355,7 @@ def _pad_to(x, length: int, value):
 
 
 # ----------------------------------------------------------------------------- the base model
-class LongformerModel(nn.Module):
+class LongformerModel(ResolvedModule):
     """The bare encoder. `model.apply(params, input_ids, attention_mask=..., ...)`."""
     config: LongformerConfig
     add_pooling_layer: bool = True
@@ -697,15 +441,6 @@ class LongformerModel(nn.Module):
         return nn.meta.unbox(self.variables["params"]["embeddings"]["word_embeddings"]["embedding"])
 
 
-# ----------------------------------------------------------------------------- losses
-def masked_cross_entropy(logits: Array, labels: Array, ignore_index: int = -100) -> Array:
-    """Mean cross-entropy over labels != ignore_index (float32)."""
-    valid = labels != ignore_index
-    losses = optax.softmax_cross_entropy_with_integer_labels(
-        logits.astype(jnp.float32), jnp.where(valid, labels, 0))
-    return jnp.sum(jnp.where(valid, losses, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
-
-
 def _head_output(base: LongformerOutput, **fields) -> LongformerHeadOutput:
     return LongformerHeadOutput(hidden_states=base.hidden_states, attentions=base.attentions,
                                 global_attentions=base.global_attentions,
@@ -713,21 +448,57 @@ def _head_output(base: LongformerOutput, **fields) -> LongformerHeadOutput:
 
 
 # ----------------------------------------------------------------------------- heads
-class LongformerForMaskedLM(nn.Module):
-    """MLM head: dense, gelu, LayerNorm, decoder tied to the word embeddings, separate bias."""
+_INPUTS = ("input_ids", "attention_mask", "global_attention_mask", "token_type_ids",
+           "position_ids", "inputs_embeds")
+
+
+def _rows_of(inputs: dict):
+    """The array whose shape is the inputs' (batch, [choices,] length)."""
+    if inputs["input_ids"] is not None:
+        return inputs["input_ids"]
+    return None if inputs["inputs_embeds"] is None else inputs["inputs_embeds"][..., 0]
+
+
+class _Head(ResolvedModule):
+    """The encoder under a task head, with the reference's signature. Each head gives its layer
+    on top (`top`, the output fields), its `loss` of the labels, and, where the reference has
+    one, its default global attention; the encoder, its outputs and the loss-only-with-labels
+    rule are the same for all."""
     config: LongformerConfig
+    pooling = False  # whether the encoder's pooler belongs to the model
 
     @nn.compact
     def __call__(self, input_ids=None, attention_mask=None, global_attention_mask=None,
                  token_type_ids=None, position_ids=None, inputs_embeds=None, labels=None,
                  output_attentions=False, output_hidden_states=False, deterministic=True):
-        cfg = self.config
-        base = LongformerModel(cfg, add_pooling_layer=False, name="longformer")
-        out = base(input_ids, attention_mask, global_attention_mask, token_type_ids, position_ids,
-                   inputs_embeds, output_attentions, output_hidden_states, deterministic)
-        logits = _LMHead(cfg, name="lm_head")(out.last_hidden_state, base._word_table())
-        loss = masked_cross_entropy(logits, labels) if labels is not None else None
-        return _head_output(out, logits=logits, loss=loss)
+        given = dict(zip(_INPUTS, (input_ids, attention_mask, global_attention_mask,
+                                   token_type_ids, position_ids, inputs_embeds)))
+        inputs = self.flatten(given)
+        if inputs["global_attention_mask"] is None:
+            inputs["global_attention_mask"] = self.default_global(inputs)
+        base = LongformerModel(self.config, add_pooling_layer=self.pooling, name="longformer")
+        out = base(**inputs, output_attentions=output_attentions,
+                   output_hidden_states=output_hidden_states, deterministic=deterministic)
+        fields = self.top(base, out, given, deterministic)
+        loss = None if labels is None else self.loss(labels, **fields)
+        return _head_output(out, loss=loss, **fields)
+
+    def flatten(self, inputs: dict) -> dict:
+        return dict(inputs)
+
+    def default_global(self, inputs: dict):
+        return None  # the reference's default for MLM and token classification: no global token
+
+
+class LongformerForMaskedLM(_Head):
+    """MLM head: dense, gelu, LayerNorm, decoder tied to the word embeddings, separate bias."""
+
+    def top(self, base, out, given, deterministic):
+        return {"logits": _LMHead(self.config, name="lm_head")(out.last_hidden_state,
+                                                               base._word_table())}
+
+    def loss(self, labels, logits):
+        return masked_cross_entropy(logits, labels)
 
 
 class _LMHead(nn.Module):
@@ -737,32 +508,24 @@ class _LMHead(nn.Module):
     def __call__(self, x, word_table):
         cfg = self.config
         h = Dense(cfg.hidden_size, cfg, ("embed", "mlp"), name="dense")(x)
-        h = LayerNorm(cfg, name="layer_norm")(gelu(h))
+        h = LayerNorm(cfg, name="layer_norm")(gelu(h, cfg))
         bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)),
                           (cfg.vocab_size,), cfg.params_dtype)
-        dtype = cfg.compute_dtype
-        return linear(h, word_table.T, bias, dtype)
+        return linear(h, word_table.T, bias, cfg)
 
 
-class LongformerForSequenceClassification(nn.Module):
+class LongformerForSequenceClassification(_Head):
     """Classification on token 0, which is global unless a global_attention_mask is given."""
-    config: LongformerConfig
 
-    @nn.compact
-    def __call__(self, input_ids=None, attention_mask=None, global_attention_mask=None,
-                 token_type_ids=None, position_ids=None, inputs_embeds=None, labels=None,
-                 output_attentions=False, output_hidden_states=False, deterministic=True):
-        cfg = self.config
-        if global_attention_mask is None:
-            ref = input_ids if input_ids is not None else inputs_embeds[..., 0]
-            global_attention_mask = classification_global_mask(ref)
-        out = LongformerModel(cfg, add_pooling_layer=False, name="longformer")(
-            input_ids, attention_mask, global_attention_mask, token_type_ids, position_ids,
-            inputs_embeds, output_attentions, output_hidden_states, deterministic)
-        logits = _ClassificationHead(cfg, name="classifier")(out.last_hidden_state[:, 0],
-                                                              deterministic)
-        loss = None if labels is None else sequence_classification_loss(cfg, logits, labels)
-        return _head_output(out, logits=logits, loss=loss)
+    def default_global(self, inputs: dict):
+        return classification_global_mask(_rows_of(inputs))
+
+    def top(self, base, out, given, deterministic):
+        return {"logits": _ClassificationHead(self.config, name="classifier")(
+            out.last_hidden_state[:, 0], deterministic)}
+
+    def loss(self, labels, logits):
+        return sequence_classification_loss(self.config, logits, labels)
 
 
 class _ClassificationHead(nn.Module):
@@ -779,116 +542,77 @@ class _ClassificationHead(nn.Module):
         return Dense(cfg.num_labels, cfg, ("mlp", "classes"), name="out_proj")(x)
 
 
-def problem_type(config: LongformerConfig, labels: Array) -> str:
-    """The reference's rule when config.problem_type is unset."""
-    if config.problem_type:
-        return config.problem_type
-    if config.num_labels == 1:
-        return "regression"
-    if jnp.issubdtype(labels.dtype, jnp.integer):
-        return "single_label_classification"
-    return "multi_label_classification"
-
-
-def sequence_classification_loss(config: LongformerConfig, logits: Array, labels: Array) -> Array:
-    kind = problem_type(config, labels)
-    logits = logits.astype(jnp.float32)
-    if kind == "regression":
-        if config.num_labels == 1:
-            return jnp.mean((logits.reshape(-1) - labels.reshape(-1).astype(jnp.float32)) ** 2)
-        return jnp.mean((logits - labels.astype(jnp.float32)) ** 2)
-    if kind == "single_label_classification":
-        return masked_cross_entropy(logits.reshape(-1, config.num_labels), labels.reshape(-1))
-    if kind == "multi_label_classification":
-        return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, labels.astype(jnp.float32)))
-    raise ValueError(f"unknown problem_type {kind!r}")
-
-
-class LongformerForTokenClassification(nn.Module):
+class LongformerForTokenClassification(_Head):
     """dropout + linear per token; no default global attention."""
-    config: LongformerConfig
 
-    @nn.compact
-    def __call__(self, input_ids=None, attention_mask=None, global_attention_mask=None,
-                 token_type_ids=None, position_ids=None, inputs_embeds=None, labels=None,
-                 output_attentions=False, output_hidden_states=False, deterministic=True):
+    def top(self, base, out, given, deterministic):
         cfg = self.config
-        out = LongformerModel(cfg, add_pooling_layer=False, name="longformer")(
-            input_ids, attention_mask, global_attention_mask, token_type_ids, position_ids,
-            inputs_embeds, output_attentions, output_hidden_states, deterministic)
         x = nn.Dropout(cfg.hidden_dropout_prob)(out.last_hidden_state, deterministic=deterministic)
-        logits = Dense(cfg.num_labels, cfg, ("embed", "classes"), name="classifier")(x)
-        loss = None if labels is None else masked_cross_entropy(logits, labels)
-        return _head_output(out, logits=logits, loss=loss)
+        return {"logits": Dense(cfg.num_labels, cfg, ("embed", "classes"), name="classifier")(x)}
+
+    def loss(self, labels, logits):
+        return masked_cross_entropy(logits, labels)
 
 
-class LongformerForMultipleChoice(nn.Module):
+class LongformerForMultipleChoice(_Head):
     """Inputs (batch, choices, length); one score per choice from the pooled token 0.
 
     Default global attention, per choice, is the reference's: every token after the first
     `</s></s>` pair.
     """
-    config: LongformerConfig
+    pooling = True
 
-    @nn.compact
-    def __call__(self, input_ids=None, attention_mask=None, global_attention_mask=None,
-                 token_type_ids=None, position_ids=None, inputs_embeds=None, labels=None,
-                 output_attentions=False, output_hidden_states=False, deterministic=True):
-        cfg = self.config
-        ref = input_ids if input_ids is not None else inputs_embeds[..., 0]
-        if ref.ndim != 3:
+    def flatten(self, inputs: dict) -> dict:
+        rows = _rows_of(inputs)
+        if rows.ndim != 3:
             raise ValueError(f"multiple choice inputs must be (batch, choices, length), "
-                             f"got shape {tuple(ref.shape)}")
-        batch, choices, length = ref.shape
-        if global_attention_mask is None and input_ids is not None:
-            global_attention_mask = multiple_choice_global_mask(input_ids, cfg.sep_token_id)
+                             f"got shape {tuple(rows.shape)}")
+        count = rows.shape[0] * rows.shape[1]
+        return {k: None if x is None else jnp.asarray(x).reshape((count,) + x.shape[2:])
+                for k, x in inputs.items()}
 
-        def flat(x):
-            return None if x is None else jnp.asarray(x).reshape((batch * choices,) + x.shape[2:])
+    def default_global(self, inputs: dict):
+        if inputs["input_ids"] is None:
+            return None
+        return multiple_choice_global_mask(inputs["input_ids"], self.config.sep_token_id)
 
-        out = LongformerModel(cfg, add_pooling_layer=True, name="longformer")(
-            flat(input_ids), flat(attention_mask), flat(global_attention_mask),
-            flat(token_type_ids), flat(position_ids), flat(inputs_embeds), output_attentions,
-            output_hidden_states, deterministic)
+    def top(self, base, out, given, deterministic):
+        cfg = self.config
         x = nn.Dropout(cfg.hidden_dropout_prob)(out.pooler_output, deterministic=deterministic)
-        logits = Dense(1, cfg, ("embed", "classes"), name="classifier")(x).reshape(batch, choices)
-        loss = None if labels is None else masked_cross_entropy(logits, labels)
-        return _head_output(out, logits=logits, loss=loss)
+        logits = Dense(1, cfg, ("embed", "classes"), name="classifier")(x)
+        return {"logits": logits.reshape(_rows_of(given).shape[:2])}
+
+    def loss(self, labels, logits):
+        return masked_cross_entropy(logits, labels)
 
 
-class LongformerForQuestionAnswering(nn.Module):
-    """Start/end logits; default global attention on `<s>` and the question (before `</s>`)."""
-    config: LongformerConfig
+class LongformerForQuestionAnswering(_Head):
+    """Start/end logits; default global attention on `<s>` and the question (before `</s>`).
+    The labels are the reference's `start_positions` and `end_positions` (both or neither)."""
 
-    @nn.compact
     def __call__(self, input_ids=None, attention_mask=None, global_attention_mask=None,
                  token_type_ids=None, position_ids=None, inputs_embeds=None,
                  start_positions=None, end_positions=None, output_attentions=False,
                  output_hidden_states=False, deterministic=True):
+        both = start_positions is not None and end_positions is not None
+        return super().__call__(input_ids, attention_mask, global_attention_mask,
+                                token_type_ids, position_ids, inputs_embeds,
+                                (start_positions, end_positions) if both else None,
+                                output_attentions, output_hidden_states, deterministic)
+
+    def default_global(self, inputs: dict):
+        if inputs["input_ids"] is None:
+            return None
+        return question_answering_global_mask(inputs["input_ids"], self.config.sep_token_id)
+
+    def top(self, base, out, given, deterministic):
         cfg = self.config
-        if global_attention_mask is None and input_ids is not None:
-            global_attention_mask = question_answering_global_mask(input_ids, cfg.sep_token_id)
-        out = LongformerModel(cfg, add_pooling_layer=False, name="longformer")(
-            input_ids, attention_mask, global_attention_mask, token_type_ids, position_ids,
-            inputs_embeds, output_attentions, output_hidden_states, deterministic)
         logits = Dense(cfg.num_labels, cfg, ("embed", "classes"), name="qa_outputs")(
             out.last_hidden_state)
-        start, end = logits[..., 0], logits[..., 1]
-        loss = None
-        if start_positions is not None and end_positions is not None:
-            loss = question_answering_loss(start, end, start_positions, end_positions)
-        return _head_output(out, start_logits=start, end_logits=end, loss=loss)
+        return {"start_logits": logits[..., 0], "end_logits": logits[..., 1]}
 
-
-def question_answering_loss(start_logits, end_logits, start_positions, end_positions):
-    """Mean of the start and end cross-entropies; positions outside the input are ignored."""
-    length = start_logits.shape[-1]
-
-    def one(logits, positions):
-        positions = jnp.clip(jnp.asarray(positions).reshape(-1), 0, length)
-        return masked_cross_entropy(logits, positions, ignore_index=length)
-
-    return (one(start_logits, start_positions) + one(end_logits, end_positions)) / 2
+    def loss(self, labels, start_logits, end_logits):
+        return question_answering_loss(start_logits, end_logits, *labels)
 
 
 MODEL_CLASSES = {

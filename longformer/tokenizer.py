@@ -14,7 +14,8 @@ Design notes:
   where `transformers` would assume no limit.
 * Truncation/padding are settings on the shared Rust tokenizer, so a lock keeps concurrent calls
   (e.g. data-loader threads) from seeing each other's settings.
-* The global attention helpers reproduce the reference model's defaults, so heads can share them.
+* The global attention helpers are the rules the heads use by default (`global_attention.py`), so
+  masks made here with the data equal the ones the model would compute.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from typing import Iterable, Sequence
 import numpy as np
 from tokenizers import AddedToken, Tokenizer, decoders, pre_tokenizers, processors, trainers
 from tokenizers.models import BPE
+
+from longformer import global_attention
 
 __all__ = [
     "LongformerTokenizer",
@@ -77,47 +80,10 @@ def _token_dict(tok: AddedToken) -> dict:
     }
 
 
-def _as_rows(input_ids) -> np.ndarray:
-    ids = np.asarray(input_ids)
-    if ids.ndim < 2:
-        raise ValueError(f"input_ids must be (batch, seq) or (batch, choices, seq), got shape {ids.shape}")
-    return ids
-
-
-def _first_sep(ids: np.ndarray, sep_token_id: int) -> np.ndarray:
-    """Index of the first separator in each row; every row must hold exactly three (`</s></s>` + final)."""
-    is_sep = ids == sep_token_id
-    counts = is_sep.sum(axis=-1)
-    bad = np.argwhere(counts != 3)
-    if len(bad):
-        where = tuple(int(i) for i in bad[0])
-        name = where[0] if len(where) == 1 else where
-        raise ValueError(
-            f"example {name} has {int(counts[tuple(bad[0])])} separator tokens (id {sep_token_id}); "
-            "exactly 3 are needed to find the question. Pass global_attention_mask explicitly instead."
-        )
-    return is_sep.argmax(axis=-1)
-
-
-def classification_global_mask(input_ids) -> np.ndarray:
-    """Global attention on `<s>` only, shape of `input_ids`, int32."""
-    mask = np.zeros(_as_rows(input_ids).shape, dtype=np.int32)
-    mask[..., 0] = 1
-    return mask
-
-
-def qa_global_mask(input_ids, sep_token_id: int) -> np.ndarray:
-    """Global attention on `<s>` and the question: every position before the first separator."""
-    ids = _as_rows(input_ids)
-    positions = np.arange(ids.shape[-1])
-    return (positions < _first_sep(ids, sep_token_id)[..., None]).astype(np.int32)
-
-
-def multiple_choice_global_mask(input_ids, sep_token_id: int) -> np.ndarray:
-    """Global attention on everything after the `</s></s>` pair, up to the end of the row (padding included)."""
-    ids = _as_rows(input_ids)
-    positions = np.arange(ids.shape[-1])
-    return (positions > _first_sep(ids, sep_token_id)[..., None] + 1).astype(np.int32)
+# The reference model's default global attention, on numpy arrays (the rules: global_attention.py).
+classification_global_mask = global_attention.classification
+qa_global_mask = global_attention.question_answering
+multiple_choice_global_mask = global_attention.multiple_choice
 
 
 class LongformerTokenizer:

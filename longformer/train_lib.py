@@ -2,7 +2,8 @@
 
 Read top to bottom: optimizer, sharded state, the step, then the loop (mesh, task, state,
 checkpoint/resume, the compiled step, logging, evaluation). What is specific to an objective
-(model, data, loss, metrics) lives in `longformer.tasks`. The train state is a plain dict {'step', 'params', 'opt_state'};
+(model, data, loss, metrics) lives in `longformer.tasks`. The train state is a plain dict
+{'step', 'params', 'opt_state'}, its parameters in the model's own layout (the checkpoints' too);
 dropout keys come from `fold_in(seed, step)`, so nothing random needs saving and a resumed run
 reproduces the uninterrupted one bit for bit.
 """
@@ -23,7 +24,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from longformer import checkpoints, hf_checkpoint, modeling, sharding, tasks
+from longformer import checkpoints, hf_checkpoint, sharding, tasks
 from longformer.config import LongformerConfig
 from longformer.tasks.base import Task
 
@@ -65,60 +66,37 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
 
 
 # ----------------------------------------------------------------------------- state
-def _stacks_layers(model) -> bool:
-    """Whether the model trains with its layers stacked (`modeling.stack_layers`): a Longformer
-    encoder with `scan_layers`, whose scan then reads its parameters in place."""
-    config = getattr(model, "config", None)
-    return isinstance(config, LongformerConfig) and config.scan_layers
-
-
-def to_train_layout(tree, model):
-    """Checkpoint layout (one entry per layer) -> the layout the train step uses."""
-    return modeling.stack_layers(tree, model.config) if _stacks_layers(model) else tree
-
-
-def to_checkpoint_layout(tree, model):
-    """The train step's layout -> one entry per layer: what checkpoints hold, so that eval.py,
-    init_from and the Hugging Face conversion read them whatever `scan_layers` was."""
-    return modeling.unstack_layers(tree, model.config) if _stacks_layers(model) else tree
-
-
-def _init_state(model, tx, train_layout: bool):
+def _init_state(model, tx):
     """rng -> a fresh train state whose leaves are boxed with their logical axis names."""
     def init(rng):
         params = hf_checkpoint.init_params(model, rng, boxed=True)
-        if train_layout:
-            params = to_train_layout(params, model)
         return {"step": jnp.zeros((), jnp.int32), "params": params,
                 "opt_state": tx.init(params)}
     return init
 
 
-def state_shardings(model, tx, mesh, rng, *, rules=sharding.DEFAULT_RULES, train_layout=True):
-    """NamedShardings of the train state in the train step's layout or the checkpoint's."""
-    abstract = jax.eval_shape(_init_state(model, tx, train_layout), rng)
+def state_shardings(model, tx, mesh, rng, *, rules=sharding.DEFAULT_RULES):
+    """NamedShardings of the train state (the model's own layout, which checkpoints hold too)."""
+    abstract = jax.eval_shape(_init_state(model, tx), rng)
     return sharding.param_shardings(abstract, mesh, rules)
 
 
 def create_train_state(model, tx, mesh, rng, *, rules=sharding.DEFAULT_RULES,
                        init_params: Any = None):
-    """The train state in the train step's layout, created directly with its shardings (never
-    whole on one device).
+    """The train state, created directly with its shardings (never whole on one device).
 
-    Returns (state, shardings). With `init_params` (host arrays of the same tree, one entry per
-    layer) the parameters are those instead of random ones.
+    Returns (state, shardings). With `init_params` (host arrays of the model's parameter tree)
+    the parameters are those instead of random ones.
     """
     shardings = state_shardings(model, tx, mesh, rng, rules=rules)
     if init_params is None:
-        init = _init_state(model, tx, train_layout=True)
+        init = _init_state(model, tx)
         state = jax.jit(lambda r: nn.meta.unbox(init(r)), out_shardings=shardings)(rng)
     else:
         def from_params(params):
-            params = to_train_layout(params, model)
             return {"step": jnp.zeros((), jnp.int32), "params": params,
                     "opt_state": tx.init(params)}
-        per_layer = state_shardings(model, tx, mesh, rng, rules=rules, train_layout=False)
-        params = jax.device_put(init_params, per_layer["params"])
+        params = jax.device_put(init_params, shardings["params"])
         state = jax.jit(from_params, out_shardings=shardings)(params)
     return state, shardings
 
@@ -267,6 +245,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # Task: model, input pipelines, loss and evaluation.
     task = tasks.build(config, workdir)
     model = task.model
+    model_cfg = getattr(model, "config", None)
+    if isinstance(model_cfg, LongformerConfig):  # built for the mesh's platform, or refused
+        platform = model_cfg.replace(platform="auto").resolve(mesh).platform
+        if model_cfg.platform != platform:
+            raise ValueError(f"the model was built for platform {model_cfg.platform!r} but the "
+                             f"mesh's devices are {platform!r}; set model.platform='auto'")
+        log.info("model built for %s: attention layout %r", platform, model_cfg.band_impl)
     tx = make_optimizer(config)
     schedule = learning_rate_schedule(config)
 
@@ -281,14 +266,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         ckpt.check_identity(latest)  # refuse before building anything big
     initial = task.initial_params() if latest is None else None
     state, state_sh = create_train_state(model, tx, mesh, init_rng, init_params=initial)
-    # Checkpoints hold one entry per layer; the step may hold runs of layers stacked.
-    ckpt_sh = state_shardings(model, tx, mesh, init_rng, train_layout=False)
-    to_ckpt = jax.jit(functools.partial(to_checkpoint_layout, model=model), out_shardings=ckpt_sh)
     if latest is not None:
-        target = jax.eval_shape(to_ckpt, state)
-        state = ckpt.restore(latest, checkpoints.abstract_like(target, ckpt_sh), task.train_data)
-        state = jax.jit(functools.partial(to_train_layout, model=model),
-                        out_shardings=state_sh)(state)
+        state = ckpt.restore(latest, checkpoints.abstract_like(state, state_sh), task.train_data)
         log.info("resumed from %s at step %d", ckpt.directory, latest)
     start = int(jax.device_get(state["step"]))
 
@@ -381,13 +360,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 if pending is not None:
                     check(*pending)  # never save a state after an unchecked step
                     pending = None
-                ckpt.save(done, to_ckpt(state), task.train_data, force=True)
+                ckpt.save(done, state, task.train_data, force=True)
         if pending is not None:
             check(*pending)
     finally:
         ckpt.close()
         writer.close()
     last["step"] = int(jax.device_get(state["step"]))
-    last["params"] = to_checkpoint_layout(state["params"], model)
+    last["params"] = state["params"]
     last["task"] = task
     return last

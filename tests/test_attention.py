@@ -1,9 +1,5 @@
-"""Tests of the Longformer attention op (longformer/attention.py) against a dense reference.
-
-The reference below builds, for every example, an explicit (N, N) boolean mask from the rules of
-REFERENCE.md ("Self-attention, exactly") and runs plain jnp attention with it. It is O(N^2) and
-only used at small N. It does not call anything from `longformer.attention`: the effective global
-tokens (the first `budget` of those asked for, in position order) are computed here in numpy.
+"""Tests of the Longformer attention op (longformer/attention.py) against the dense reference of
+`tests/reference.py` (explicit (N, N) masks from the rules of REFERENCE.md, small N only).
 
 Each parametrized case runs one batch holding many padding / global patterns at once (one compile
 per case), so the file stays fast on a small CPU machine.
@@ -19,81 +15,13 @@ import numpy as np
 import pytest
 
 from longformer import attention as A
+from tests.reference import band_mask, dense_attention, effective_globals
 
 H, D = 2, 4
 ATOL = 1e-5
-_NEG = -1e30
 
 
-# ----------------------------------------------------------------------------- dense reference
-def _softmax_masked(scores, mask):
-    """float32 softmax over the last axis restricted to mask; rows with nothing visible -> 0."""
-    s = jnp.where(mask, scores.astype(jnp.float32), _NEG)
-    peak = jax.lax.stop_gradient(jnp.max(s, axis=-1, keepdims=True))
-    e = jnp.where(mask, jnp.exp(s - peak), 0.0)
-    total = jnp.sum(e, axis=-1, keepdims=True)
-    return e / jnp.where(total > 0, total, 1.0)
-
-
-def _einsum(spec, *xs):
-    return jnp.einsum(spec, *xs, precision=jax.lax.Precision.HIGHEST,
-                      preferred_element_type=jnp.float32)
-
-
-def band_mask(length, left, right):
-    """(N, N) bool: key j is in query i's window i-left .. i+right."""
-    i = np.arange(length)[:, None]
-    j = np.arange(length)[None, :]
-    return (j >= i - left) & (j <= i + right)
-
-
-def dense_band(q, k, v, key_mask, query_mask, left, right):
-    """Reference of `band_attention` (no extra columns). Returns out (B,N,H,D), probs (B,H,N,N)."""
-    n = q.shape[1]
-    mask = band_mask(n, left, right)[None] & jnp.asarray(key_mask, bool)[:, None, :]  # (B, N, N)
-    p = _softmax_masked(_einsum("bihd,bjhd->bhij", q, k), mask[:, None])
-    if query_mask is not None:
-        p = jnp.where(jnp.asarray(query_mask, bool)[:, None, :, None], p, 0.0)
-    return _einsum("bhij,bjhd->bihd", p, v.astype(jnp.float32)), p
-
-
-def dense_longformer(q, k, v, qg, kg, vg, am, onehot, left, right):
-    """Reference of `longformer_attention` (traceable: every argument may be a jnp array).
-
-    am: (B, N) bool non-padding; onehot: (B, G, N) float, slot s of example b is the global token
-    at position n (all-zero row for an unused slot). Every global token must be a real token.
-    Returns out (B,N,H,D), local probs (B,H,N,N) (rows of padding/global tokens zero), global
-    probs (B,H,G,N).
-    """
-    n = q.shape[1]
-    am = jnp.asarray(am, bool)
-    onehot = jnp.asarray(onehot, jnp.float32)
-    isg = jnp.any(onehot > 0, axis=1)  # (B, N)
-    # Local rows: band keys that are real and not global, plus every global token (local k/v).
-    mask = (band_mask(n, left, right)[None] & am[:, None, :] & ~isg[:, None, :]) | isg[:, None, :]
-    p = _softmax_masked(_einsum("bihd,bjhd->bhij", q, k), mask[:, None])
-    local_rows = am & ~isg
-    p = jnp.where(local_rows[:, None, :, None], p, 0.0)
-    out = _einsum("bhij,bjhd->bihd", p, v.astype(jnp.float32))
-    # Global rows: query_global against key_global / value_global of every real token.
-    slot_ok = jnp.any(onehot > 0, axis=2)  # (B, G)
-    gmask = am[:, None, None, :] & slot_ok[:, None, :, None]
-    pg = _softmax_masked(_einsum("bghd,bjhd->bhgj", qg, kg), gmask)
-    g_out = _einsum("bhgj,bjhd->bghd", pg, vg.astype(jnp.float32))
-    out = out + _einsum("bgn,bghd->bnhd", onehot, g_out)
-    return out, p, pg
-
-
-def effective_globals(is_global, budget):
-    """numpy: the first `budget` global positions of each example, as a (B, budget, N) one-hot."""
-    b, n = is_global.shape
-    onehot = np.zeros((b, budget, n), np.float32)
-    for e in range(b):
-        for s, pos in enumerate(np.flatnonzero(is_global[e])[:budget]):
-            onehot[e, s, pos] = 1.0
-    return onehot
-
-
+# ----------------------------------------------------------------------------- reference layout
 def expected_local_layout(p, onehot, left, right):
     """Dense local probs (B,H,N,N) -> (B,H,N,G + left + right + 1) in the op's layout."""
     p = np.asarray(p)
@@ -191,7 +119,9 @@ def op(q, k, v, qg, kg, vg, am, gl, *, left, right, budget, block=None, **kw):
 
 
 def ref(q, k, v, qg, kg, vg, am, onehot, *, left, right):
-    return dense_longformer(q, k, v, qg, kg, vg, am, onehot, left, right)
+    """The reference with the op's conventions: padding rows zero, globals from `onehot`."""
+    return dense_attention(q, k, v, am, left=left, right=right, query_mask=am, onehot=onehot,
+                           qg=qg, kg=kg, vg=vg)
 
 
 def assert_close(a, b, atol=ATOL, what=""):
@@ -298,7 +228,7 @@ def test_band_matches_dense(length, left, right, block, with_query_mask):
     def run(q, k, v, key_mask, qm):
         got = A.band_attention(q, k, v, key_mask, left=left, right=right, block=block,
                                query_mask=qm, return_probs=True)
-        return got, dense_band(q, k, v, key_mask, qm, left, right)
+        return got, dense_attention(q, k, v, key_mask, left=left, right=right, query_mask=qm)[:2]
 
     (out, probs), (ref_out, ref_p) = run(q, k, v, key_mask, qm)
     assert_close(out, ref_out, what="band out")
@@ -360,7 +290,7 @@ def test_gradients_finite_with_fully_masked_rows():
         return jnp.sum(out ** 2) + jnp.sum(out)
 
     def loss_dense(q, k, v, key_mask):
-        out = dense_band(q, k, v, key_mask, None, left, right)[0]
+        out = dense_attention(q, k, v, key_mask, left=left, right=right)[0]
         return jnp.sum(out ** 2) + jnp.sum(out)
 
     c = make_case(7, 2, seed=1)  # the full op, with an all-padding example and globals elsewhere
@@ -448,9 +378,9 @@ def test_overflow_tokens_are_local():
         qg = A.gather_rows(qg_full, globals_.index)
         out = A.longformer_attention(q, k, v, am, left=left, right=right, globals_=globals_,
                                      q_global=qg, k_global=kg, v_global=vg)
-        ref2 = dense_longformer(q, k, v, qg, kg, vg, am, onehot, left, right)[0]
+        ref2 = ref(q, k, v, qg, kg, vg, am, onehot, left=left, right=right)[0]
         qg4 = A.gather_rows(qg_full, jnp.array([[1, 5, 6, 9]]))
-        ref4 = dense_longformer(q, k, v, qg4, kg, vg, am, onehot4, left, right)[0]
+        ref4 = ref(q, k, v, qg4, kg, vg, am, onehot4, left=left, right=right)[0]
         return globals_, out, ref2, ref4
 
     globals_, out, ref2, ref4 = run(q, k, v, qg_full, kg, vg, am, gl)
@@ -560,19 +490,11 @@ def _big_inputs(length, budget=4, batch=1):
 def _op_loss(q, k, v, qg, kg, vg, am, gl, *, dense=False, budget=4, window=64, block=None):
     globals_ = A.global_token_indices(gl, budget)
     if dense:  # the checker must flag this one
-        out = _dense_traceable(q, k, v, am, window)
+        out = dense_attention(q, k, v, am, left=window, right=window)[0]
     else:
         out = A.longformer_attention(q, k, v, am, left=window, right=window, globals_=globals_,
                                      q_global=qg, k_global=kg, v_global=vg, block=block)
     return jnp.sum(out)
-
-
-def _dense_traceable(q, k, v, am, window):
-    n = q.shape[1]
-    i = jnp.arange(n)
-    mask = (jnp.abs(i[:, None] - i[None, :]) <= window)[None, None] & am[:, None, None, :]
-    p = _softmax_masked(jnp.einsum("bihd,bjhd->bhij", q, k), mask)
-    return jnp.einsum("bhij,bjhd->bihd", p, v)
 
 
 @pytest.mark.parametrize("block", [None, 48])  # the default block (64) divides the window; 48 not

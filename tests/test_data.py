@@ -232,7 +232,7 @@ def test_masking_rates_and_rules():
 def test_pipeline_batches_and_resume_bit_exact(tokenizer):
     cfg = small_config()
     d = data.make_mlm_datasets(cfg, tokenizer, seed=3, global_batch_size=4)
-    train_it, eval_ds = d  # unpacks as (train, eval)
+    train_it = d.train
     first = take(train_it, 5)
     b = first[0]
     assert set(b) == {"input_ids", "attention_mask", "labels"}

@@ -1,10 +1,9 @@
 """Dilated and causal windows (longformer/attention.py `dilated_band_attention`, config fields).
 
-The reference builds, per head, an explicit (N, N) mask: key j is visible to query i when
-j - i is a multiple of the head's dilation d and lies in [-left*d, right*d] (right=0 is causal),
-and runs plain jnp attention with it. It is O(N^2), independent of the op, and used only at small
-N. Values and gradients must agree for many window / dilation / length combinations, windows
-longer than the sequence included. Each case runs a batch of several key-mask patterns at once
+The reference (`tests/reference.py`) builds, per head, an explicit (N, N) mask: key j is visible
+to query i when j - i is a multiple of the head's dilation d and lies in [-left*d, right*d]
+(right=0 is causal). Values and gradients must agree for many window / dilation / length
+combinations, windows longer than the sequence included. Each case runs a batch of several key-mask patterns at once
 (one compile per case) so the file stays fast on two CPU cores.
 """
 
@@ -17,55 +16,10 @@ import pytest
 
 from longformer import attention as A
 from longformer.config import LongformerConfig
+from tests.reference import dense_attention, effective_globals, einsum
 
 H, D = 4, 4
 ATOL = 2e-5
-_NEG = -1e30
-
-
-# ----------------------------------------------------------------------------- dense reference
-def dilated_mask(length, left, right, dilation):
-    """(H, N, N) bool: query i sees key j = i + t*d for t in -left .. right."""
-    offset = np.arange(length)[None, :] - np.arange(length)[:, None]  # key - query
-    masks = []
-    for d in dilation:
-        masks.append((offset % d == 0) & (offset >= -left * d) & (offset <= right * d))
-    return np.stack(masks)
-
-
-def _softmax_masked(scores, mask):
-    s = jnp.where(mask, scores.astype(jnp.float32), _NEG)
-    peak = jax.lax.stop_gradient(jnp.max(s, axis=-1, keepdims=True))
-    e = jnp.where(mask, jnp.exp(s - peak), 0.0)
-    total = jnp.sum(e, axis=-1, keepdims=True)
-    return e / jnp.where(total > 0, total, 1.0)
-
-
-def _einsum(spec, *xs):
-    return jnp.einsum(spec, *xs, precision=jax.lax.Precision.HIGHEST,
-                      preferred_element_type=jnp.float32)
-
-
-def dense_dilated(q, k, v, key_mask, left, right, dilation, query_mask=None, is_global=None,
-                  qg=None, kg=None, vg=None):
-    """Local rows: the dilated band of non-global real keys plus every global key; global rows
-    (when is_global is given) attend to every real key with the global projections."""
-    n = q.shape[1]
-    key_mask = jnp.asarray(key_mask, bool)
-    band = jnp.asarray(dilated_mask(n, left, right, dilation))[None]  # (1, H, N, N)
-    keys = key_mask if is_global is None else key_mask & ~is_global
-    mask = band & keys[:, None, None, :]
-    if is_global is not None:
-        mask = mask | is_global[:, None, None, :]
-    p = _softmax_masked(_einsum("bihd,bjhd->bhij", q, k), mask)
-    if query_mask is not None:
-        p = jnp.where(jnp.asarray(query_mask, bool)[:, None, :, None], p, 0.0)
-    out = _einsum("bhij,bjhd->bihd", p, v)
-    if is_global is None:
-        return out, p
-    pg = _softmax_masked(_einsum("bihd,bjhd->bhij", qg, kg), key_mask[:, None, None, :])
-    out_g = _einsum("bhij,bjhd->bihd", pg, vg)
-    return jnp.where(is_global[:, :, None, None], out_g, out), p
 
 
 def key_masks(length, seed):
@@ -116,7 +70,8 @@ def test_dilated_band_matches_dense(length, left, right, dilation):
                                         query_mask=km)
 
     def ref(q, k, v):
-        return dense_dilated(q, k, v, km, left, right, per_head, query_mask=km)[0]
+        return dense_attention(q, k, v, km, left=left, right=right, dilation=per_head,
+                               query_mask=km)[0]
 
     out, want, grads, grads_ref = values_and_grads(ours, ref, cot, q, k, v)
     np.testing.assert_allclose(out, want, atol=ATOL)
@@ -144,9 +99,12 @@ def test_dilated_longformer_attention_with_globals(length, left, right, dilation
                                       globals_=g, q_global=A.gather_rows(qg_all, g.index),
                                       k_global=kg, v_global=vg)
 
+    onehot = effective_globals(is_global, budget)
+
     def ref(q, k, v, qg_all, kg, vg):
-        return dense_dilated(q, k, v, am, left, right, per_head, query_mask=am, is_global=gl,
-                             qg=qg_all, kg=kg, vg=vg)[0]
+        qg = einsum("bgn,bnhd->bghd", onehot, qg_all)  # the global tokens' own queries
+        return dense_attention(q, k, v, am, left=left, right=right, dilation=per_head,
+                               query_mask=am, onehot=onehot, qg=qg, kg=kg, vg=vg)[0]
 
     real = np.asarray(km)[:, :, None, None]
     out, want, grads, grads_ref = values_and_grads(ours, ref, cot * real, q, k, v, qg_all, kg, vg)
@@ -163,8 +121,8 @@ def test_probs_columns_are_dilated_offsets():
     _, probs = jax.jit(lambda q, k, v: A.dilated_band_attention(
         q, k, v, km, left=left, right=right, dilation=dilation, query_mask=km,
         return_probs=True))(q, k, v)
-    _, p_ref = jax.jit(lambda q, k, v: dense_dilated(q, k, v, km, left, right, dilation,
-                                                     query_mask=km))(q, k, v)
+    _, p_ref, _ = jax.jit(lambda q, k, v: dense_attention(
+        q, k, v, km, left=left, right=right, dilation=dilation, query_mask=km))(q, k, v)
     probs, p_ref = np.asarray(probs), np.asarray(p_ref)
     assert probs.shape == (3, H, length, left + right + 1)
     for h, d in enumerate(dilation):
@@ -243,7 +201,7 @@ def test_config_validation(kw, msg):
 def test_encoder_wiring_causal_and_dilated():
     """LongformerModel passes the config's extents and dilation to the op: causal, and dilation
     changes the result."""
-    from longformer.modeling import LongformerModel  # pylint: disable=import-outside-toplevel
+    from longformer.modeling import LongformerModel
     base = dict(vocab_size=50, num_hidden_layers=2, num_attention_heads=4, hidden_size=16,
                 intermediate_size=32, max_position_embeddings=64, attention_window=(4, 8),
                 causal=True, max_global_tokens=0, hidden_dropout_prob=0.0,
@@ -269,7 +227,8 @@ def test_encoder_wiring_causal_and_dilated():
 
 def test_scanned_layers_keep_per_layer_dilation():
     """scan_layers groups layers by window AND dilation: same result as the unrolled encoder."""
-    from longformer.modeling import LongformerModel  # pylint: disable=import-outside-toplevel
+    from longformer.layout import stack_layers
+    from longformer.modeling import LongformerModel
     base = dict(vocab_size=50, num_hidden_layers=3, num_attention_heads=4, hidden_size=16,
                 intermediate_size=32, max_position_embeddings=64, attention_window=8,
                 attention_dilation=[1, [1, 2, 1, 1], [1, 2, 1, 1]], max_global_tokens=0,
@@ -278,6 +237,8 @@ def test_scanned_layers_keep_per_layer_dilation():
     unrolled = LongformerModel(LongformerConfig(**base), add_pooling_layer=False)
     scanned = LongformerModel(LongformerConfig(**base, scan_layers=True), add_pooling_layer=False)
     params = unrolled.init(jax.random.key(0), ids)
+    stacked = stack_layers(params, scanned.config)  # runs: layer 0, layers 1-2
+    assert sorted(stacked["params"]["encoder"])[-2:] == ["layers_0_0", "layers_1_2"]
     a = jax.jit(lambda p: unrolled.apply(p, ids).last_hidden_state)(params)
-    b = jax.jit(lambda p: scanned.apply(p, ids).last_hidden_state)(params)
+    b = jax.jit(lambda p: scanned.apply(p, ids).last_hidden_state)(stacked)
     np.testing.assert_allclose(a, b, atol=1e-5)

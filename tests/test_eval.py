@@ -65,11 +65,10 @@ def test_eval_py_command_line_uses_the_saved_config(mc_run):
 
 def test_eval_of_an_exported_transformers_folder(mc_run, tmp_path):
     """save_hf_checkpoint of the run (head included) + its tokenizer scores the same."""
-    from longformer import hf_checkpoint, tasks
-    from longformer.tasks import init_from
+    from longformer import checkpoints, hf_checkpoint, tasks
     config, workdir, reported = mc_run
     task = tasks.build(config, workdir)
-    params = init_from.restore_params(workdir)
+    params = checkpoints.restore_params(workdir)
     folder = tmp_path / "hf"
     hf_checkpoint.save_hf_checkpoint(folder, task.model, params)
     task.tokenizer.save(folder)

@@ -418,8 +418,12 @@ def test_scan_layers_equals_unrolled():
     params = hf_checkpoint.init_params(plain, jax.random.key(0))
 
     def loss(model):
-        return jax.jit(jax.value_and_grad(
-            lambda p: model.apply(p, ids, global_attention_mask=gm, labels=ids).loss))(params)
+        """The loss and its gradients, one entry per layer (a scan model runs on the same
+        weights, stacked)."""
+        value, grads = jax.jit(jax.value_and_grad(
+            lambda p: model.apply(p, ids, global_attention_mask=gm, labels=ids).loss))(
+            L.stack_layers(params, cfg) if model.config.scan_layers else params)
+        return value, L.unstack_layers(grads, cfg)
 
     ref_loss, ref_grads = loss(plain)
     for variant in [dict(scan_layers=True), dict(scan_layers=True, remat="dots"),
@@ -466,56 +470,49 @@ def test_bfloat16_compute_follows_float32(variant):
     assert np.dot(a, b) / (np.linalg.norm(a) * np.linalg.norm(b)) > 0.99  # same direction
 
 
-def test_stacked_layers_layout_equals_per_layer():
-    """stack_layers (runs of layers sharing a window, how train.py holds a scan model) gives the
-    same outputs, hidden states and gradients as one entry per layer, with and without dropout,
-    and unstack_layers restores the tree exactly (parameters and optimizer state)."""
-    import optax
+def test_scan_model_equals_unrolled_model():
+    """A scan_layers model holds its layers stacked from init on (one entry per run of layers
+    sharing a window) and, on the same weights (`stack_layers` of an unrolled model's), gives
+    the unrolled model's outputs, hidden states, attentions and gradients; unstack_layers
+    restores the unrolled tree exactly. With dropout, the scan's masks are fixed by the key."""
     cfg = tiny(num_hidden_layers=4, attention_window=(4, 4, 8, 8), max_global_tokens=2,
-               scan_layers=True, remat="minimal")
-    model = L.LongformerForMaskedLM(cfg)
-    params = hf_checkpoint.init_params(model, jax.random.key(0))
+               remat="minimal")
+    unrolled = L.LongformerForMaskedLM(cfg)
+    scanned = L.LongformerForMaskedLM(cfg.replace(scan_layers=True))
+    params = hf_checkpoint.init_params(unrolled, jax.random.key(0))
+    own = hf_checkpoint.init_params(scanned, jax.random.key(0))["params"]["longformer"]["encoder"]
+    assert sorted(own) == ["layers_0_1", "layers_2_3"]
+    assert own["layers_2_3"]["intermediate"]["dense"]["kernel"].shape == (2, 16, 16)
     stacked = L.stack_layers(params, cfg)
-    encoder = stacked["params"]["longformer"]["encoder"]
-    assert sorted(encoder) == ["layers_0_1", "layers_2_3"]
-    assert encoder["layers_2_3"]["intermediate"]["dense"]["kernel"].shape == (2, 16, 16)
+    assert jax.tree.structure(stacked["params"]["longformer"]["encoder"]) == \
+        jax.tree.structure(own)
     back = L.unstack_layers(stacked, cfg)
     assert jax.tree.structure(back) == jax.tree.structure(params)
     assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(params)))
-    opt = optax.adamw(1e-3)
-    assert jax.tree.structure(L.unstack_layers(opt.init(stacked), cfg)) == \
-        jax.tree.structure(opt.init(params))
 
     ids = jnp.asarray(np.random.RandomState(3).randint(3, VOCAB, (2, 23)))
     gm = jnp.zeros((2, 23), jnp.int32).at[:, 0].set(1)
 
-    def loss(p, deterministic):
+    def loss(model, p, deterministic):
         return model.apply(p, ids, global_attention_mask=gm, labels=ids,
                            deterministic=deterministic, rngs={"dropout": jax.random.key(1)}).loss
 
-    for deterministic in (True, False):
-        a, ga = jax.value_and_grad(loss)(params, deterministic)
-        b, gb = jax.value_and_grad(loss)(stacked, deterministic)
-        assert abs(float(a) - float(b)) < 1e-6
-        gb = L.unstack_layers(gb, cfg)
-        assert max(float(jnp.max(jnp.abs(x - y)))
-                   for x, y in zip(jax.tree.leaves(ga), jax.tree.leaves(gb))) < 1e-6
-    one = model.apply(params, ids, global_attention_mask=gm, output_hidden_states=True,
-                      output_attentions=True)
-    two = model.apply(stacked, ids, global_attention_mask=gm, output_hidden_states=True,
-                      output_attentions=True)
+    a, ga = jax.value_and_grad(lambda p: loss(unrolled, p, True))(params)
+    b, gb = jax.value_and_grad(lambda p: loss(scanned, p, True))(stacked)
+    assert abs(float(a) - float(b)) < 1e-6
+    gb = L.unstack_layers(gb, cfg)
+    assert max(float(jnp.max(jnp.abs(x - y)))
+               for x, y in zip(jax.tree.leaves(ga), jax.tree.leaves(gb))) < 1e-6
+    dropped = float(loss(scanned, stacked, False))
+    assert dropped == float(loss(scanned, stacked, False)) and abs(dropped - float(b)) > 1e-4
+    one = unrolled.apply(params, ids, global_attention_mask=gm, output_hidden_states=True,
+                         output_attentions=True)
+    two = scanned.apply(stacked, ids, global_attention_mask=gm, output_hidden_states=True,
+                        output_attentions=True)
     assert len(two.hidden_states) == 5 and len(two.attentions) == 4
     for x, y in zip(one.hidden_states + one.attentions, two.hidden_states + two.attentions):
         np.testing.assert_allclose(x, y, atol=1e-6)
-
-
-def test_gelu_matches_torch_and_autodiff():
-    """The erf GELU with its written-out VJP: torch's values, jax.nn.gelu's gradient."""
-    from longformer.modeling import gelu
-    x = np.random.RandomState(0).randn(4096).astype(np.float32) * 4
-    np.testing.assert_allclose(gelu(jnp.asarray(x)),
-                               torch.nn.functional.gelu(torch.from_numpy(x)).numpy(), atol=2e-6)
-    ours = jax.grad(lambda v: jnp.sum(jnp.sin(gelu(v))))(jnp.asarray(x))
-    theirs = jax.grad(lambda v: jnp.sum(jnp.sin(jax.nn.gelu(v, approximate=False))))(
-        jnp.asarray(x))
-    np.testing.assert_allclose(ours, theirs, atol=2e-6)
+    with pytest.raises(ValueError, match=r"stack_layers\(params, config\)"):
+        scanned.apply(params, ids)  # the other layout: an error that says how to convert
+    with pytest.raises(ValueError, match=r"unstack_layers\(params, config\)"):
+        unrolled.apply(stacked, ids)

@@ -9,9 +9,11 @@ import ml_collections
 import numpy as np
 import pytest
 
-from configs import classify, multiple_choice, qa as qa_config, token_classify
+from configs import classify, multiple_choice, token_classify
+from configs import qa as qa_config
 from longformer import tasks, train_lib
-from longformer.tasks import finetune, qa, token_classification as tc
+from longformer.tasks import finetune, qa
+from longformer.tasks import token_classification as tc
 from longformer.tokenizer import LongformerTokenizer
 
 TRICKY_WORDS = ["Café", "naïve", "🙂🚀", "Größe", "日本語の文章", "x", "", "New York", "a—b",
@@ -74,7 +76,7 @@ def test_long_documents_are_windowed_with_max_context(tokenizer):
     tags = ["B-PER" if i % 3 == 0 else "O" for i in range(len(words))]
     rec = {"tokens": words, "tags": tags, "_where": "test:1"}
     c = ml_collections.ConfigDict({"data": {"seq_len": 24, "window_overlap": 8}})
-    rows, sources = tc.encode(c, tokenizer, [rec], ["O", "B-PER"], "none")
+    rows, sources = tc.encode(c, tokenizer, [rec], {"labels": ["O", "B-PER"]}, "none")
     assert len(rows["input_ids"]) > 3  # several overlapping windows
     spans = finetune.windows(100, 22, 8)
     assert spans[0] == (0, 22) and spans[1][0] == 14 and spans[-1][1] == 100
@@ -114,8 +116,8 @@ def test_qa_answers_map_through_offsets_and_back(tokenizer):
         assert context[offsets[first, 0]:offsets[last, 1]] == answer
         rec = {"question": "where ?", "context": context, "_where": "t:1",
                "answers": [{"text": answer, "answer_start": s}]}
-        rows, examples, feature_offsets, golds = qa.encode(
-            _qa_config(seq_len=96, question=8), tokenizer, [rec], "question")
+        rows, (examples, feature_offsets, golds) = qa.encode(
+            _qa_config(seq_len=96, question=8), tokenizer, [rec], {}, "question")
         inside = np.flatnonzero(rows["start_positions"] > 0)
         assert len(inside) >= 1
         r = int(inside[0])
@@ -154,7 +156,7 @@ def test_qa_answers_at_window_boundaries(tokenizer):
                                              (word_at(spans[1][0]), 1, True), (0, 1, True),
                                              (len(words) - 1, 1, False)]:
         rec, answer = record(first_word, n_words)
-        rows, examples, feature_offsets, _ = qa.encode(c, tokenizer, [rec], "question")
+        rows, (examples, feature_offsets, _) = qa.encode(c, tokenizer, [rec], {}, "question")
         assert (rows["start_positions"][0] > 0) == in_window_0, (first_word, n_words)
         inside = np.flatnonzero(rows["start_positions"] > 0)
         assert len(inside), answer  # the overlap always holds it whole somewhere
@@ -338,7 +340,11 @@ def test_fine_tunes_from_our_mlm_run(tmp_path):
     assert "lm_head/bias" not in report["unused"]  # only the encoder is read
     layer = ("longformer", "encoder", "layer_0", "attention", "self")
     got = params["params"]
-    src = source["params"]["params"]
+    # The run holds its own layout (stacked when it scans its layers); compare one per layer.
+    from longformer.layout import unstack_layers
+    from longformer.tasks import init_from
+    src = unstack_layers(source["params"],
+                         init_from.run_model_config(str(tmp_path / "mlm")))["params"]
     for name in ("query", "key"):
         np.testing.assert_array_equal(got[layer[0]][layer[1]][layer[2]][layer[3]][layer[4]][
             name]["kernel"], np.asarray(src[layer[0]][layer[1]][layer[2]][layer[3]][layer[4]][
@@ -352,6 +358,7 @@ def test_fine_tunes_from_our_mlm_run(tmp_path):
 def test_fine_tunes_from_a_transformers_folder(tmp_path, tokenizer):
     """init_from=a transformers folder: its architecture and tokenizer, its encoder, a new head."""
     import jax
+
     from longformer import LongformerConfig, LongformerForMaskedLM, hf_checkpoint
     folder = tmp_path / "hf"
     cfg = LongformerConfig(vocab_size=tokenizer.vocab_size, hidden_size=48, num_hidden_layers=2,

@@ -14,6 +14,7 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -83,11 +84,12 @@ def test_resume_is_bit_exact(tmp_path):
     same = jax.tree.map(lambda x, y: bool(np.array_equal(x, y)), straight["params"],
                         resumed["params"])
     assert all(jax.tree.leaves(same))
-    # The step trains with the layer runs stacked (scan_layers); checkpoints hold one entry per
-    # layer, equal to what the run returns.
-    from longformer.tasks import init_from
-    saved = init_from.restore_params(str(tmp_path / "b"))
-    assert "layer_1" in saved["params"]["longformer"]["encoder"]
+    # The model (scan_layers) holds its layer runs stacked, and so do its checkpoints, equal to
+    # what the run returns.
+    from longformer import checkpoints
+    saved = checkpoints.restore_params(str(tmp_path / "b"))
+    encoder = saved["params"]["longformer"]["encoder"]
+    assert sorted(k for k in encoder if k.startswith("layer")) == ["layers_0_0", "layers_1_1"]
     same = jax.tree.map(lambda x, y: bool(np.array_equal(x, y)), saved, resumed["params"])
     assert all(jax.tree.leaves(same))
 
@@ -161,12 +163,13 @@ model = LongformerForMaskedLM(model_config(c))
 mesh = sharding.make_mesh(c.mesh.shape)
 tx = train_lib.make_optimizer(c)
 state, sh = train_lib.create_train_state(model, tx, mesh, jax.random.key(0))
-per_layer = train_lib.state_shardings(model, tx, mesh, jax.random.key(0), train_layout=False)
+unrolled = LongformerForMaskedLM(model_config(c).replace(scan_layers=False))
+per_layer = train_lib.state_shardings(unrolled, tx, mesh, jax.random.key(0))
 def specs(tree):
     return {jax.tree_util.keystr(p): [list(a) if isinstance(a, tuple) else a for a in s.spec]
             for p, s in jax.tree_util.tree_flatten_with_path(tree)[0]}
-json.dump({"train": specs(jax.tree.map(lambda x: x.sharding, state["params"])),
-           "checkpoint": specs(per_layer["params"])}, sys.stdout)
+json.dump({"scan": specs(jax.tree.map(lambda x: x.sharding, state["params"])),
+           "unrolled": specs(per_layer["params"])}, sys.stdout)
 """
 
 
@@ -187,14 +190,14 @@ def test_sharded_equals_unsharded(tmp_path):
                            timeout=300)
     assert probe.returncode == 0, probe.stderr[-3000:]
     specs = json.loads(probe.stdout)
-    # The step holds each run of layers stacked (leading axis never sharded); checkpoints hold
-    # one entry per layer.
-    for layer, lead, layout in [("['longformer']['encoder']['layer_0']", [], "checkpoint"),
-                                ("['longformer']['encoder']['layers_0_0']", [None], "train")]:
+    # A scan model holds each run of layers stacked (leading axis never sharded), an unrolled
+    # one an entry per layer; the other axes are sharded alike.
+    for layer, lead, layout in [("['longformer']['encoder']['layer_0']", [], "unrolled"),
+                                ("['longformer']['encoder']['layers_0_0']", [None], "scan")]:
         for name, spec in _expected_specs(layer).items():
             spec = (lead + spec) if "encoder" in name else spec
             assert specs[layout][f"['params']{name}"] == spec, (layout, name)
-        assert not any("layer_1" in k for k in specs["train"]), "train layout is per layer"
+    assert not any("layer_1" in k for k in specs["scan"]), "the scan model holds one per layer"
 
 
 def _expected_specs(layer):
@@ -243,3 +246,22 @@ def test_two_processes_train_together(tmp_path):
     run_train(tmp_path / "single", *flags)
     a, b = train_losses(workdir), train_losses(tmp_path / "single")
     np.testing.assert_allclose([a[1], a[2]], [b[1], b[2]], rtol=1e-5)
+
+
+def test_checkpoint_in_another_parameter_layout_is_refused(tmp_path):
+    """A checkpoint whose parameter tree is not the model's (one entry per layer, as scan models
+    saved before checkpoints held the model's own layout) gets an error that names it and says
+    how to continue, not orbax's bare structure mismatch; nothing is deleted."""
+    from longformer import checkpoints
+    directory = str(tmp_path / "checkpoints")
+    layer = {"w": jnp.ones((2, 3))}
+    saver = checkpoints.Checkpointer(directory, every=1, keep=2, async_save=False)
+    saver.save(1, {"params": {"encoder": {"layer_0": layer, "layer_1": layer}}}, force=True)
+    saver.close()
+    target = {"params": {"encoder": {"layers_0_1": {"w": jax.ShapeDtypeStruct((2, 2, 3),
+                                                                               jnp.float32)}}}}
+    loader = checkpoints.Checkpointer(directory, every=1, keep=2, async_save=False)
+    with pytest.raises(checkpoints.CheckpointConfigMismatch, match="init_from="):
+        loader.restore(1, target)
+    loader.close()
+    assert os.listdir(directory) == ["1"]

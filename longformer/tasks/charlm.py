@@ -3,7 +3,7 @@
 Data: the corpus is one byte stream. `data.path` names text8 or enwik8 (the raw file, or the
 `.zip` it is distributed as); the first 90% of the bytes train, the next 5% validate, the last
 5% test: for these 100,000,000-byte files that is the standard 90M / 5M / 5M split. With no path,
-the embedded default corpus (`data.default_corpus_documents()`, Python's own documentation) is
+the embedded default corpus (`corpus.default_corpus_documents()`, Python's own documentation) is
 used as UTF-8 bytes, split the same way. Nothing is ever downloaded.
 
 Training examples are `seq_len + 1` bytes cropped at uniformly random offsets (grain
@@ -34,13 +34,13 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
-import orbax.checkpoint as ocp
 
+from longformer import checkpoints
 from longformer import data as data_lib
 from longformer.charlm import VOCAB_SIZE, CharLM
-from longformer.tasks.mlm import model_config
+from longformer.losses import cross_entropy
 from longformer.tasks.base import Task
+from longformer.tasks.init_from import config_model as model_config
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +184,7 @@ def token_losses(model, params, inputs, targets, rng=None):
     deterministic = rng is None
     logits = model.apply(params, inputs, deterministic=deterministic,
                          rngs=None if deterministic else {"dropout": rng}).astype(jnp.float32)
-    losses = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+    losses, _ = cross_entropy(logits, targets)
     return losses, jnp.argmax(logits, -1) == targets
 
 
@@ -210,22 +210,14 @@ def load_params(workdir: str, model: CharLM, step: int | None = None):
     sequence length or windows (the next phase, or sampling) can start from them; their shapes
     must match the model's.
     """
-    directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
-    manager = ocp.CheckpointManager(directory)
-    step = manager.latest_step() if step is None else step
-    if step is None:
-        raise FileNotFoundError(f"no checkpoint in {directory}")
+    step = checkpoints.latest_step(workdir) if step is None else step
     device = jax.sharding.SingleDeviceSharding(jax.local_devices(backend="cpu")[0])
     shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 8), jnp.int32)))
-    abstract = {"params": jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
-                                                                      sharding=device),
-                                       nn.meta.unbox(shapes))}
-    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-        abstract, restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
-        partial_restore=True)))
-    manager.close()
-    log.info("loaded parameters of step %d from %s", step, directory)
-    return jax.tree.map(np.asarray, restored["state"]["params"])
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                            nn.meta.unbox(shapes))
+    params = checkpoints.restore_params(workdir, step, target=abstract)
+    log.info("loaded parameters of step %d from %s", step, workdir)
+    return jax.tree.map(np.asarray, params)
 
 
 def build(config, workdir: str) -> Task:

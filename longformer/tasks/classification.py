@@ -11,16 +11,14 @@ micro/macro F1 and subset accuracy (multi-label); MSE and Pearson's r (regressio
 
 from __future__ import annotations
 
-import functools
 import logging
 
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from longformer import metrics
+from longformer import global_attention, losses, metrics
 from longformer.modeling import LongformerForSequenceClassification
-from longformer.tasks import finetune, init_from, synthetic
+from longformer.tasks import finetune, synthetic
 from longformer.tasks.base import Task
 
 log = logging.getLogger(__name__)
@@ -74,8 +72,25 @@ def encode_labels(records: list[dict], labels: list[str], problem: str) -> np.nd
                        for r in records], np.float32)
 
 
-def encode(config, tokenizer, records: list[dict], labels: list[str], problem: str,
-           mode: str) -> dict[str, np.ndarray]:
+def check_config(config) -> None:
+    if config.data.problem not in PROBLEMS:
+        raise ValueError(f"data.problem {config.data.problem!r} is not one of {PROBLEMS}")
+
+
+def prepare(config, train_records: list[dict], eval_records: list[dict] | None) -> dict:
+    """Checks every record's fields (before the label set is collected) -> the label set."""
+    problem = config.data.problem
+    for r in train_records + (eval_records or []):
+        finetune.field(r, "text", str, "a string")
+        finetune.field(r, "label", (str, int, float, list), "a label")
+    labels = label_set(config, train_records, problem)
+    if problem != "regression" and len(labels) < 2:
+        raise finetune.DataError(f"{config.data.train_file or 'synthetic data'}: fewer than two "
+                                 f"labels ({labels}); set data.labels or check data.problem")
+    return {"labels": labels, "problem": problem}
+
+
+def encode(config, tokenizer, records: list[dict], facts: dict, mode: str):
     """Model inputs and labels of every record (texts cut to data.seq_len tokens)."""
     texts = [finetune.field(r, "text", str, "a string") for r in records]
     for r in records:
@@ -90,28 +105,32 @@ def encode(config, tokenizer, records: list[dict], labels: list[str], problem: s
     if cut:
         log.info("%d of %d texts are longer than %d tokens and were cut", cut, len(texts), length)
     attention = (ids != tokenizer.pad_token_id).astype(np.int32)
-    global_mask = np.zeros_like(ids)
-    if mode == "cls":
-        global_mask[:, 0] = 1
+    global_mask = (global_attention.classification(ids) if mode == "cls"
+                   else np.zeros_like(ids))
     return {"input_ids": ids, "attention_mask": attention, "global_attention_mask": global_mask,
-            "label": encode_labels(records, labels, problem)}
+            "label": encode_labels(records, facts["labels"], facts["problem"])}, None
 
 
-def _per_example(problem: str, logits, label):
-    """(loss, correct) per example, float32."""
-    logits = logits.astype(jnp.float32)
+def score(out, batch, facts: dict):
+    """Per-example loss, hits and eval outputs (float32)."""
+    problem = facts["problem"]
+    logits = out.logits.astype(jnp.float32)
+    label = batch["label"]
+    terms, _ = losses.sequence_classification_terms(_MODEL_PROBLEM[problem], logits, label)
+    loss = losses.per_example(terms)
     if problem == "single_label":
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, label)
-        return loss, (jnp.argmax(logits, -1) == label).astype(jnp.float32)
-    if problem == "multi_label":
-        loss = jnp.mean(optax.sigmoid_binary_cross_entropy(logits, label), -1)
-        return loss, jnp.all((logits > 0) == (label > 0.5), -1).astype(jnp.float32)
-    return (logits[:, 0] - label) ** 2, jnp.zeros_like(label)
+        hits = {"accuracy": (jnp.argmax(logits, -1) == label).astype(jnp.float32)}
+    elif problem == "multi_label":
+        hits = {"accuracy": jnp.all((logits > 0) == (label > 0.5), -1).astype(jnp.float32)}
+    else:
+        hits = {}
+    return loss, hits, {"logits": logits, "loss": loss}
 
 
-def summarize(outputs: list, *, problem: str, gold: np.ndarray) -> dict[str, float]:
+def summarize(outputs: list, *, config, facts: dict, evals) -> dict[str, float]:
+    problem = facts["problem"]
     g = finetune.gather(outputs)
-    truth = gold[g["index"]]
+    truth = evals.rows["label"][g["index"]]
     result = {"loss": float(np.mean(g["loss"])), "examples": float(len(truth))}
     if problem == "single_label":
         predicted = g["logits"].argmax(-1)
@@ -124,11 +143,12 @@ def summarize(outputs: list, *, problem: str, gold: np.ndarray) -> dict[str, flo
     return result
 
 
-def predict(outputs: list, *, problem: str, labels: list[str], records: list[dict]) -> list[dict]:
+def predict(outputs: list, *, config, facts: dict, evals) -> list[dict]:
+    problem, labels = facts["problem"], facts["labels"]
     g = finetune.gather(outputs)
     out = []
     for i, logits in zip(g["index"], g["logits"]):
-        rec = records[i]
+        rec = evals.records[i]
         row = {"id": finetune.example_id(rec, int(i)), "label": rec["label"]}
         if problem == "single_label":
             probs = np.exp(logits - logits.max())
@@ -145,71 +165,17 @@ def predict(outputs: list, *, problem: str, labels: list[str], records: list[dic
     return out
 
 
-def _synthetic(config):
-    syn = config.data.synthetic
-    return functools.partial(synthetic.classification, num_words=syn.num_words,
-                             num_labels=syn.num_labels, problem=config.data.problem,
-                             distractors=syn.distractors)
+SPEC = finetune.Spec(
+    head=LongformerForSequenceClassification, default_global="cls",
+    global_modes=("cls", "none"), budget_hint="classification needs 1 for <s>",
+    synthetic=synthetic.classification,
+    synthetic_options=lambda config: {"problem": config.data.problem},
+    check_config=check_config, prepare=prepare, encode=encode, score=score,
+    summarize=summarize, predict=predict,
+    model_fields=lambda facts: dict(num_labels=max(len(facts["labels"]), 1),
+                                    problem_type=_MODEL_PROBLEM[facts["problem"]]),
+    info=lambda facts: {"problem": facts["problem"], "labels": len(facts["labels"])})
 
 
 def build(config, workdir: str) -> Task:
-    problem = config.data.problem
-    if problem not in PROBLEMS:
-        raise ValueError(f"data.problem {problem!r} is not one of {PROBLEMS}")
-    mode = finetune.global_mode(config, "cls", ("cls", "none"))
-    train_records = finetune.load_records(config, "train", _synthetic(config))
-    eval_records = finetune.load_records(config, "eval", _synthetic(config))
-    for r in train_records + (eval_records or []):  # before collecting the label set
-        finetune.field(r, "text", str, "a string")
-        finetune.field(r, "label", (str, int, float, list), "a label")
-    labels = label_set(config, train_records, problem)
-    if problem != "regression" and len(labels) < 2:
-        raise finetune.DataError(f"{config.data.train_file or 'synthetic data'}: fewer than two "
-                                 f"labels ({labels}); set data.labels or check data.problem")
-    tokenizer = finetune.load_tokenizer(
-        config, workdir, lambda: synthetic.corpus(train_records))
-    model_cfg = init_from.model_config(
-        config, num_labels=max(len(labels), 1), problem_type=_MODEL_PROBLEM[problem])
-    finetune.check_vocab(tokenizer, model_cfg)
-    finetune.check_length(config, model_cfg)
-    init_from.save_model_config(workdir, model_cfg)
-    model = LongformerForSequenceClassification(model_cfg)
-
-    train_rows = encode(config, tokenizer, train_records, labels, problem, mode)
-    eval_rows = (None if eval_records is None
-                 else encode(config, tokenizer, eval_records, labels, problem, mode))
-    finetune.check_global_budget(train_rows["global_attention_mask"], model_cfg,
-                                 "classification needs 1 for <s>")
-    train_iter, eval_data = finetune.make_pipelines(config, train_rows, eval_rows)
-
-    def forward(params, batch, rng):
-        out = finetune.apply(model, params, batch, rng)
-        return out.logits.astype(jnp.float32)
-
-    def loss_fn(params, batch, rng):
-        loss, correct = _per_example(problem, forward(params, batch, rng), batch["label"])
-        valid = batch["valid"].astype(jnp.float32)
-        aux = {} if problem == "regression" else {"accuracy": jnp.sum(correct * valid)}
-        return jnp.sum(loss * valid), aux
-
-    def eval_fn(params, batch):
-        logits = forward(params, batch, None)
-        loss, _ = _per_example(problem, logits, batch["label"])
-        return {"index": batch["index"], "valid": batch["valid"], "logits": logits, "loss": loss}
-
-    gold = None if eval_rows is None else eval_rows["label"]
-    return Task(
-        model=model, train_data=train_iter, eval_data=eval_data,
-        batch_spec=finetune.batch_spec(config, train_rows),
-        weight_fn=lambda batch: jnp.sum(batch["valid"]),
-        loss_fn=loss_fn, eval_fn=eval_fn,
-        summarize=functools.partial(summarize, problem=problem, gold=gold),
-        predict=functools.partial(predict, problem=problem, labels=labels,
-                                  records=eval_records),
-        identity=finetune.identity(config, model_cfg, labels=labels, problem=problem),
-        initial_params=init_from.init_fn(config, model, workdir),
-        tokenizer=tokenizer,
-        info={"problem": problem, "labels": len(labels), "train examples": len(train_records),
-              "eval examples": 0 if eval_records is None else len(eval_records),
-              "global attention": mode})
-
+    return finetune.build(config, workdir, SPEC)

@@ -1,6 +1,10 @@
-"""What every fine-tuning task shares: its config, records, tokenizer, global attention, batches
-and eval outputs (the starting weights are `init_from.py`'s).
+"""What every fine-tuning task shares: the one build path, records, global attention, batches and
+eval outputs (the tokenizer and the starting weights are `init_from.py`'s).
 
+* A task is a `Spec`: its head, its record checks, its encoding, its per-example loss and hits,
+  its metrics and predictions. `build` makes any of them into a `Task` the same way, so the
+  order of checks, what is saved in the workdir and what a checkpoint's identity holds never
+  differ between tasks.
 * Records are the JSON objects of the task's data files (or the synthetic ones of
   `tasks.synthetic` when no file is given). Each carries `_where` ("file:line"), so any problem
   found later (a label outside the label set, an answer not in its context) names its source.
@@ -14,19 +18,20 @@ and eval outputs (the starting weights are `init_from.py`'s).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
-import os
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import grain
 import jax
-import ml_collections
+import jax.numpy as jnp
 import numpy as np
 
 from longformer import data as data_lib
 from longformer.config import LongformerConfig
-from longformer.tasks import init_from as init_lib
+from longformer.tasks import init_from, synthetic
+from longformer.tasks.base import Task
 from longformer.tokenizer import LongformerTokenizer
 
 log = logging.getLogger(__name__)
@@ -34,51 +39,8 @@ log = logging.getLogger(__name__)
 GLOBAL_MODES = ("default", "none", "cls", "question")
 
 
-
 class DataError(ValueError):
     """A bad fine-tuning record; the message starts with the file and line."""
-
-
-# ----------------------------------------------------------------------------- config
-def base_config(task: str, *, seq_len: int, windows: Sequence[int]) -> ml_collections.ConfigDict:
-    """The fields every fine-tuning config has, with a demo-size model for the synthetic data."""
-    c = ml_collections.ConfigDict()
-    c.task = task
-    c.seed = 0
-    c.init_from = ""  # transformers folder or train.py workdir; '' starts from random weights
-    c.tokenizer = ""  # tokenizer folder; '' uses the workdir's, init_from's, or trains one
-    c.global_attention = "default"  # 'default' (the reference's rule for the head) | 'none' | ...
-    c.model = ml_collections.ConfigDict(type_safe=False, initial_dictionary=dict(
-        vocab_size=1024, hidden_size=128, num_hidden_layers=len(windows), num_attention_heads=4,
-        intermediate_size=256, hidden_act="gelu", hidden_dropout_prob=0.1,
-        attention_probs_dropout_prob=0.1, max_position_embeddings=seq_len + 2, type_vocab_size=1,
-        initializer_range=0.02, layer_norm_eps=1e-5, attention_window=tuple(windows),
-        pad_token_id=1, bos_token_id=0, eos_token_id=2, sep_token_id=2,
-        dtype="float32", param_dtype="float32", max_global_tokens=1, remat="none",
-        attention_block_size=0))
-    c.data = ml_collections.ConfigDict(dict(
-        train_file="",  # comma-separated globs; '' generates the synthetic task
-        eval_file="",
-        seq_len=seq_len,  # tokens per model input, <s> and separators included
-        worker_threads=1,
-        prefetch_batches=4,
-        synthetic=ml_collections.ConfigDict(dict(num_train=2000, num_eval=256, num_words=200)),
-    ))
-    c.batch_size = 16
-    c.grad_accum_steps = 1
-    c.total_steps = 400
-    c.stop_after_steps = 0
-    # For a pretrained checkpoint use the usual fine-tuning rate, e.g. learning_rate=3e-5.
-    c.optimizer = ml_collections.ConfigDict(dict(
-        learning_rate=1e-3, b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.01, grad_clip_norm=1.0))
-    c.schedule = ml_collections.ConfigDict(dict(warmup_steps=40, power=1.0, end_learning_rate=0.0))
-    c.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1)))
-    c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=2, async_save=True))
-    c.logging = ml_collections.ConfigDict(dict(every_steps=25, eval_every_steps=200,
-                                               eval_batches=0))  # 0: the whole eval set
-    c.distributed = ml_collections.ConfigDict(dict(
-        enabled=False, coordinator_address="", num_processes=0, process_id=-1))
-    return c
 
 
 def identity(config, model_cfg: LongformerConfig, **extra) -> dict:
@@ -161,40 +123,7 @@ def load_records(config, split: str, synthetic_fn: Callable[[int, int], list[dic
     return records
 
 
-# ----------------------------------------------------------------------------- tokenizer
-def _has_tokenizer(folder: str) -> bool:
-    return bool(folder) and os.path.isdir(folder) and any(
-        os.path.exists(os.path.join(folder, f)) for f in ("tokenizer.json", "vocab.json"))
-
-
-def load_tokenizer(config, workdir: str, texts: Callable[[], Iterable[str]]
-                   ) -> LongformerTokenizer:
-    """config.tokenizer, the workdir's (a resumed run), init_from's, or one trained on `texts`.
-
-    The one used is saved in `workdir/tokenizer`, so a run's folder is complete for eval.py.
-    """
-    own = os.path.join(workdir, "tokenizer")
-    init_tok = ""
-    if config.init_from:
-        run, _ = init_lib.resolve_run(config.init_from)
-        init_tok = (os.path.join(run, "tokenizer")
-                    if init_lib.source_kind(config.init_from) == "run" else config.init_from)
-    for folder in (config.tokenizer, own, init_tok):
-        if _has_tokenizer(folder):
-            tok = LongformerTokenizer.from_pretrained(folder)
-            break
-    else:
-        if config.tokenizer:
-            raise FileNotFoundError(f"no tokenizer files in {config.tokenizer}")
-        log.info("training a byte-level BPE tokenizer (vocab %d) on the task's texts",
-                 config.model.vocab_size)
-        tok = LongformerTokenizer.train(texts(), vocab_size=config.model.vocab_size,
-                                        model_max_length=config.data.seq_len)
-    if jax.process_index() == 0 and not _has_tokenizer(own):
-        tok.save(own)
-    return tok
-
-
+# ----------------------------------------------------------------------------- encoding
 def encode_segments(tokenizer: LongformerTokenizer, texts: Sequence[str]
                     ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Each text's token ids and character offsets, without `<s>`/`</s>` (for assembling inputs).
@@ -214,18 +143,6 @@ def encode_segments(tokenizer: LongformerTokenizer, texts: Sequence[str]
             keep = ~np.isin(ids, special)
             out.append((ids[keep], offsets[keep]))
     return out
-
-
-def check_vocab(tokenizer: LongformerTokenizer, model_cfg: LongformerConfig) -> None:
-    if tokenizer.vocab_size > model_cfg.vocab_size:
-        raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model's "
-                         f"vocab_size is {model_cfg.vocab_size}")
-
-
-def check_length(config, model_cfg: LongformerConfig) -> None:
-    if config.data.seq_len > model_cfg.max_sequence_length:
-        raise ValueError(f"data.seq_len {config.data.seq_len} exceeds the position table "
-                         f"({model_cfg.max_sequence_length} tokens)")
 
 
 def windows(n: int, size: int, overlap: int) -> list[tuple[int, int]]:
@@ -334,3 +251,121 @@ def gather(outputs: list[dict]) -> dict[str, np.ndarray]:
 
 def example_id(rec: dict, i: int):
     return rec.get("id", i)
+
+
+# ----------------------------------------------------------------------------- the one build path
+@dataclasses.dataclass(frozen=True)
+class EvalSet:
+    """The eval records as encoded: what a task's metrics and predictions read."""
+    records: list[dict]
+    rows: dict[str, np.ndarray]
+    extra: Any  # what `encode` returned beside the rows (windows' sources, offsets, ...)
+
+
+def _per_example_count(batch) -> jax.Array:
+    return jnp.sum(batch["valid"])
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    """What is a fine-tuning task's own; `build` does everything else the same way for all.
+
+    `facts` is what `prepare` learns from the records (the label set, the number of choices):
+    it sizes the head (`model_fields`), goes into the checkpoint identity, and is handed to the
+    other callables.
+
+    Attributes:
+      head: the model class.
+      default_global, global_modes: the head's default global attention and the modes allowed.
+      budget_hint: how to size model.max_global_tokens when the data needs more.
+      synthetic: (n, seed, **options) -> records, the synthetic task of a run with no files;
+        its options are the fields of config.data.synthetic (but num_train and num_eval) and
+        those of `synthetic_options(config)`.
+      encode: (config, tokenizer, records, facts, mode) -> (rows, extra).
+      score: (model outputs, batch, facts) -> (loss terms per example or per position, zero
+        where nothing is counted; {metric: hits, shaped alike}; {name: eval output per row}).
+      summarize, predict: (eval outputs, config=, facts=, evals=EvalSet) -> metrics / records.
+      prepare: (config, train records, eval records or None) -> facts; checks the records.
+      info: facts -> the task's entries of the start-up log line.
+      unit: what a record is called in that line; windowed: whether records become several rows.
+      model_fields: facts -> LongformerConfig fields of the head (num_labels, ...).
+      check_config: refuses options that cannot work, before anything is read.
+      reader: path -> records.
+      weight: batch -> what the loss averages over (examples by default).
+    """
+
+    head: type
+    default_global: str
+    global_modes: tuple[str, ...]
+    budget_hint: str
+    synthetic: Callable[..., list[dict]]
+    encode: Callable[..., tuple[dict, Any]]
+    score: Callable[[Any, dict, dict], tuple[Any, dict, dict]]
+    summarize: Callable[..., dict]
+    predict: Callable[..., list]
+    prepare: Callable[[Any, list, Optional[list]], dict] = lambda config, train, evals: {}
+    info: Callable[[dict], dict] = lambda facts: {}
+    unit: str = "examples"
+    windowed: bool = False
+    model_fields: Callable[[dict], dict] = lambda facts: {}
+    synthetic_options: Callable[[Any], dict] = lambda config: {}
+    check_config: Callable[[Any], None] = lambda config: None
+    reader: Callable[[str], list[dict]] = read_jsonl
+    weight: Callable[[dict], Any] = _per_example_count
+
+
+def _weighted_sum(x, valid):
+    """Sum of per-example (or per-position) values, rows weighted by `valid`."""
+    return jnp.sum(x * valid.reshape(valid.shape + (1,) * (x.ndim - 1)))
+
+
+def build(config, workdir: str, spec: Spec) -> Task:
+    """The Task of a fine-tuning config: data, tokenizer, model, loss and evaluation."""
+    spec.check_config(config)
+    mode = global_mode(config, spec.default_global, spec.global_modes)
+    options = {k: v for k, v in config.data.synthetic.items() if k not in ("num_train",
+                                                                           "num_eval")}
+    make = functools.partial(spec.synthetic, **options, **spec.synthetic_options(config))
+    train_records = load_records(config, "train", make, reader=spec.reader)
+    eval_records = load_records(config, "eval", make, reader=spec.reader)
+    facts = spec.prepare(config, train_records, eval_records)
+    tokenizer = init_from.load_tokenizer(config, workdir, lambda: synthetic.corpus(train_records))
+    model_cfg = init_from.model_config(config, **spec.model_fields(facts))
+    init_from.check_fits(config, tokenizer, model_cfg)
+    init_from.save_model_config(workdir, model_cfg)
+    model = spec.head(model_cfg)
+
+    train_rows, _ = spec.encode(config, tokenizer, train_records, facts, mode)
+    evals = None
+    if eval_records is not None:
+        evals = EvalSet(eval_records, *spec.encode(config, tokenizer, eval_records, facts, mode))
+    check_global_budget(train_rows["global_attention_mask"], model_cfg, spec.budget_hint)
+    train_iter, eval_data = make_pipelines(config, train_rows, evals and evals.rows)
+
+    def loss_fn(params, batch, rng):
+        loss, hits, _ = spec.score(apply(model, params, batch, rng), batch, facts)
+        valid = batch["valid"].astype(jnp.float32)
+        return _weighted_sum(loss, valid), {k: _weighted_sum(v, valid) for k, v in hits.items()}
+
+    def eval_fn(params, batch):
+        _, _, outputs = spec.score(apply(model, params, batch, None), batch, facts)
+        return {"index": batch["index"], "valid": batch["valid"], **outputs}
+
+    def sizes(split, records, rows):
+        out = {f"{split} {spec.unit}": 0 if records is None else len(records)}
+        if spec.windowed:
+            out[f"{split} windows"] = 0 if rows is None else len(rows["input_ids"])
+        return out
+
+    bound = dict(config=config, facts=facts, evals=evals)
+    return Task(
+        model=model, train_data=train_iter, eval_data=eval_data,
+        batch_spec=batch_spec(config, train_rows), weight_fn=spec.weight,
+        loss_fn=loss_fn, eval_fn=eval_fn,
+        summarize=functools.partial(spec.summarize, **bound),
+        predict=functools.partial(spec.predict, **bound),
+        identity=identity(config, model_cfg, **facts),
+        initial_params=init_from.init_fn(config, model, workdir),
+        tokenizer=tokenizer,
+        info={**spec.info(facts), **sizes("train", train_records, train_rows),
+              **sizes("eval", eval_records, evals and evals.rows), "global attention": mode})

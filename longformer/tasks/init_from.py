@@ -1,12 +1,15 @@
-"""Where fine-tuning starts: the architecture and the encoder of `config.init_from`.
+"""Where a run starts: its tokenizer, architecture and weights, from `config.init_from`.
 
 `init_from` is a transformers folder (Longformer, or RoBERTa converted the authors' way) or a
-workdir of train.py (its `checkpoints/` and `tokenizer/`). The encoder comes from there, the
-task's head is new; global projections that the source lacks (an MLM run without global
-attention) start as copies of the local ones, as in the authors' conversion. The architecture
-(sizes, vocabulary, position table, attention windows, special ids) is the checkpoint's;
-`config.model` supplies dropout, dtypes, remat and the global-token budget. A report of what was
-loaded, copied, initialised and left unused is logged and written to `init_from_report.json`.
+workdir of train.py (its `checkpoints/` and `tokenizer/`). Fine-tuning takes the encoder from
+there and starts a new head; pretraining (`head=True`) continues the source's head as well.
+Global projections that the source lacks (an MLM run without global attention) start as copies
+of the local ones, as in the authors' conversion. For fine-tuning the architecture (sizes,
+vocabulary, position table, attention windows, special ids) is the checkpoint's and
+`config.model` supplies dropout, dtypes, remat and the global-token budget; pretraining keeps
+`config.model`, which must then have the checkpoint's shapes. Parameters are matched by name one
+entry per layer, whichever layout the source and the model hold. A report of what was loaded,
+copied, initialised and left unused is logged and written to `init_from_report.json`.
 """
 
 from __future__ import annotations
@@ -15,15 +18,18 @@ import dataclasses
 import json
 import logging
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import jax
 import numpy as np
 from flax import traverse_util
 
+from longformer import config as config_lib
 from longformer import convert, hf_checkpoint
+from longformer.checkpoints import latest_step, restore_params
 from longformer.config import LongformerConfig
-from longformer.tasks import mlm
+from longformer.layout import to_model_layout, unstack_layers
+from longformer.tokenizer import LongformerTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +38,12 @@ STRUCTURAL = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_h
               "intermediate_size", "hidden_act", "max_position_embeddings", "type_vocab_size",
               "layer_norm_eps", "attention_window", "pad_token_id", "bos_token_id",
               "eos_token_id", "sep_token_id")
+# The fields that fix parameter shapes: a checkpoint and the model must agree on them.
+SHAPES = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+          "intermediate_size", "max_position_embeddings", "type_vocab_size")
+# Options that config.json does not carry: taken from our config when loading init_from.
+JAX_ONLY = tuple(f.name for f in dataclasses.fields(LongformerConfig)
+                 if f.name not in config_lib.HF_FIELDS)
 _GLOBAL_PROJECTIONS = {"query_global": "query", "key_global": "key", "value_global": "value"}
 
 
@@ -74,45 +86,52 @@ def run_model_config(workdir: str) -> LongformerConfig:
     return LongformerConfig(**model)
 
 
-def latest_step(workdir: str) -> int:
-    folder = os.path.join(workdir, "checkpoints")
-    steps = sorted(int(n) for n in os.listdir(folder) if n.isdigit()) if os.path.isdir(
-        folder) else []
-    if not steps:
-        raise FileNotFoundError(f"no complete checkpoint in {folder}")
-    return steps[-1]
+def config_model(config, **overrides) -> LongformerConfig:
+    """config.model as a LongformerConfig (one window given on the command line: every layer)."""
+    kwargs = config.model.to_dict()
+    window = kwargs.get("attention_window")
+    if isinstance(window, (tuple, list)) and len(window) == 1:
+        kwargs["attention_window"] = int(window[0])
+    kwargs.update(overrides)
+    return LongformerConfig(**kwargs)
 
 
-def restore_params(workdir: str, step: int | None = None, target: Any = None) -> Any:
-    """Only the parameters of a train.py checkpoint (no optimizer state is read).
+def _has_tokenizer(folder: str) -> bool:
+    return bool(folder) and os.path.isdir(folder) and any(
+        os.path.exists(os.path.join(folder, f)) for f in ("tokenizer.json", "vocab.json"))
 
-    `target`: a tree of ShapeDtypeStructs with shardings to restore into (sharded jax arrays);
-    without it the saved tree comes back as host numpy arrays.
+
+def load_tokenizer(config, workdir: str, texts: Callable[[], Iterable[str]]
+                   ) -> LongformerTokenizer:
+    """config.tokenizer, the workdir's (a resumed run), init_from's, or one trained on `texts`.
+
+    The one used is saved in `workdir/tokenizer`, so a run's folder is complete for eval.py.
     """
-    import orbax.checkpoint as ocp
-    step = latest_step(workdir) if step is None else step
-    path = os.path.join(workdir, "checkpoints", str(step), "state")
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"no checkpoint state at {path}")
-    checkpointer = ocp.PyTreeCheckpointer()
-    if target is None:
-        meta = checkpointer.metadata(path)
-        tree = getattr(meta, "item_metadata", meta)
-        tree = getattr(tree, "tree", tree)["params"]
-        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), tree)
-        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
+    own = os.path.join(workdir, "tokenizer")
+    init_tok = ""
+    if config.init_from:
+        run, _ = resolve_run(config.init_from)
+        init_tok = (os.path.join(run, "tokenizer")
+                    if source_kind(config.init_from) == "run" else config.init_from)
+    for folder in (config.tokenizer, own, init_tok):
+        if _has_tokenizer(folder):
+            tok = LongformerTokenizer.from_pretrained(folder)
+            break
     else:
-        restore_args = jax.tree.map(
-            lambda s: ocp.ArrayRestoreArgs(sharding=s.sharding, global_shape=s.shape,
-                                           dtype=s.dtype), target)
-    restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
-        item={"params": target}, restore_args={"params": restore_args}, partial_restore=True))
-    return restored["params"]
+        if config.tokenizer:
+            raise FileNotFoundError(f"no tokenizer files in {config.tokenizer}")
+        log.info("training a byte-level BPE tokenizer (vocab %d) on the training texts",
+                 config.model.vocab_size)
+        tok = LongformerTokenizer.train(texts(), vocab_size=config.model.vocab_size,
+                                        model_max_length=config.data.seq_len)
+    if jax.process_index() == 0 and not _has_tokenizer(own):
+        tok.save(own)
+    return tok
 
 
 def model_config(config, **overrides) -> LongformerConfig:
     """config.model, with the architecture of `init_from` when there is one."""
-    base = mlm.model_config(config)
+    base = config_model(config)
     source = None
     if config.init_from:
         kind = source_kind(config.init_from)
@@ -137,38 +156,58 @@ def model_config(config, **overrides) -> LongformerConfig:
     return base.replace(**overrides)
 
 
-def _source_params(config, model_cfg: LongformerConfig) -> tuple[dict, str]:
-    """Flat {path: array} of the encoder (and pooler) in `init_from`, and a description."""
+def check_fits(config, tokenizer: LongformerTokenizer, model_cfg: LongformerConfig) -> None:
+    """The tokenizer's ids and data.seq_len must fit the model, or training fails far later."""
+    if tokenizer.vocab_size > model_cfg.vocab_size:
+        raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model's "
+                         f"vocab_size is {model_cfg.vocab_size}")
+    if config.data.seq_len > model_cfg.max_sequence_length:
+        raise ValueError(f"data.seq_len {config.data.seq_len} exceeds the position table "
+                         f"({model_cfg.max_sequence_length} tokens)")
+
+
+def _source_params(config, model, head: bool) -> tuple[dict, LongformerConfig, str]:
+    """Flat {path: array} of `init_from` one entry per layer (the encoder, and with `head` every
+    other tensor it has), its architecture, and a description."""
     path = config.init_from
     kind = source_kind(path)
-    jax_only = {k: getattr(model_cfg, k) for k in mlm.JAX_ONLY}
     if kind == "run":
         workdir, step = resolve_run(path)
         step = latest_step(workdir) if step is None else step
-        flat = traverse_util.flatten_dict(restore_params(workdir, step)["params"])
-        source = {p: v for p, v in flat.items() if p[0] == "longformer"}
-        return source, f"train.py run {workdir} (step {step})"
+        source_cfg = run_model_config(workdir)
+        flat = traverse_util.flatten_dict(
+            unstack_layers(restore_params(workdir, step), source_cfg)["params"])
+        source = {p: v for p, v in flat.items() if head or p[0] == "longformer"}
+        return source, source_cfg, f"train.py run {workdir} (step {step})"
+    jax_only = {k: getattr(model.config, k) for k in JAX_ONLY}
+    task = type(model).__name__ if head else "base"
     if kind == "longformer":
-        model, params, report = hf_checkpoint.load_hf_checkpoint(
-            path, task="base", return_report=True, **jax_only)
+        loaded, params, report = hf_checkpoint.load_hf_checkpoint(
+            path, task=task, return_report=True, **jax_only)
     else:
-        model, params, report = convert.load_roberta_as_longformer(
-            path, max_length=model_cfg.max_sequence_length,
-            attention_window=model_cfg.attention_window, task="base", return_report=True,
+        loaded, params, report = convert.load_roberta_as_longformer(
+            path, max_length=model.config.max_sequence_length,
+            attention_window=model.config.attention_window, task=task, return_report=True,
             **jax_only)
     fresh = set(report["initialised"])
-    flat = traverse_util.flatten_dict(params["params"])
-    source = {("longformer",) + p: v for p, v in flat.items()
+    flat = traverse_util.flatten_dict(unstack_layers(params, loaded.config)["params"])
+    prefix = () if head else ("longformer",)
+    source = {prefix + p: v for p, v in flat.items()
               if hf_checkpoint.torch_name(p)[0] not in fresh}
-    return source, f"{kind} checkpoint {path}"
+    return source, loaded.config, f"{kind} checkpoint {path}"
 
 
-def initial_params(config, model, workdir: str) -> dict:
-    """`init_from`'s encoder with a freshly initialised head, as host arrays, and a report."""
-    source, described = _source_params(config, model.config)
-    fresh = traverse_util.flatten_dict(
-        hf_checkpoint.init_params(model, jax.random.fold_in(jax.random.key(config.seed), 17))
-        ["params"])
+def initial_params(config, model, workdir: str, *, head: bool = False) -> dict:
+    """`init_from`'s encoder, and its head with `head` (else a fresh one), as a parameter tree in
+    the model's layout; a report of what came from where is logged and saved."""
+    source, source_cfg, described = _source_params(config, model, head)
+    shapes = [f"{k}: checkpoint {getattr(source_cfg, k)} vs config {getattr(model.config, k)}"
+              for k in SHAPES if getattr(source_cfg, k) != getattr(model.config, k)]
+    if shapes:
+        raise hf_checkpoint.CheckpointMismatchError(
+            f"init_from={config.init_from} does not match config.model:\n  " + "\n  ".join(shapes))
+    init = hf_checkpoint.init_params(model, jax.random.fold_in(jax.random.key(config.seed), 17))
+    fresh = traverse_util.flatten_dict(unstack_layers(init, model.config)["params"])
     out, report = {}, {"init_from": described, "loaded": [], "copied": [], "initialised": [],
                        "unused": []}
     problems = []
@@ -195,7 +234,7 @@ def initial_params(config, model, workdir: str) -> dict:
         raise hf_checkpoint.CheckpointMismatchError(
             f"init_from={config.init_from} does not fit the model:\n  " + "\n  ".join(problems))
     report["unused"] = sorted(name(p) for p in source if p not in fresh)
-    log.info("init_from %s: loaded %d encoder tensors; freshly initialised: %s; global "
+    log.info("init_from %s: loaded %d tensors; freshly initialised: %s; global "
              "projections copied from the local ones: %s; unused: %s", described,
              len(report["loaded"]), ", ".join(report["initialised"]) or "none",
              len(report["copied"]) or "none", ", ".join(report["unused"]) or "none")
@@ -203,7 +242,10 @@ def initial_params(config, model, workdir: str) -> dict:
         os.makedirs(workdir, exist_ok=True)
         with open(os.path.join(workdir, "init_from_report.json"), "w") as f:
             json.dump(report, f, indent=2)
-    return {"params": traverse_util.unflatten_dict(out)}
+    # Stacked on the host: the train state is sharded from host arrays, never whole on one chip.
+    with jax.default_device(jax.local_devices(backend="cpu")[0]):
+        params = to_model_layout({"params": traverse_util.unflatten_dict(out)}, model.config)
+    return jax.tree.map(np.asarray, params)
 
 
 def save_model_config(workdir: str, model_cfg: LongformerConfig) -> None:
@@ -219,8 +261,8 @@ def save_model_config(workdir: str, model_cfg: LongformerConfig) -> None:
             json.dump(dataclasses.asdict(model_cfg), f, indent=2)
 
 
-def init_fn(config, model, workdir: str) -> Callable[[], Any]:
-    """Task.initial_params: init_from's encoder with a new head, or None (random init)."""
+def init_fn(config, model, workdir: str, *, head: bool = False) -> Callable[[], Any]:
+    """Task.initial_params: `initial_params` when there is an init_from, else None (random)."""
     if not config.init_from:
         return lambda: None
-    return lambda: initial_params(config, model, workdir)
+    return lambda: initial_params(config, model, workdir, head=head)

@@ -18,16 +18,14 @@ choices. Metric: accuracy.
 
 from __future__ import annotations
 
-import functools
 import logging
 
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from longformer import metrics
+from longformer import global_attention, losses, metrics
 from longformer.modeling import LongformerForMultipleChoice
-from longformer.tasks import finetune, init_from, synthetic
+from longformer.tasks import finetune, synthetic
 from longformer.tasks.base import Task
 
 log = logging.getLogger(__name__)
@@ -64,8 +62,23 @@ def _contexts(rec: dict) -> list[str]:
     return rec["contexts"] if "contexts" in rec else [rec["context"]]
 
 
-def encode(config, tokenizer, records: list[dict], num_choices: int, budget: int, mode: str):
+def check_config(config) -> None:
+    if not 0 < config.data.max_choice_tokens <= config.data.seq_len - 5:
+        raise ValueError(f"data.max_choice_tokens={config.data.max_choice_tokens} must be in "
+                         "[1, seq_len - 5]")
+
+
+def prepare(config, train_records: list[dict], eval_records: list[dict] | None) -> dict:
+    """Checks every record -> the number of choices per example (filler choices pad to it)."""
+    records = train_records + (eval_records or [])
+    for r in records:
+        check_record(r)
+    return {"num_choices": config.data.num_choices or max(len(r["choices"]) for r in records)}
+
+
+def encode(config, tokenizer, records: list[dict], facts: dict, mode: str):
     """(batch, choices, seq_len) inputs, the choice mask and the labels."""
+    num_choices, budget = facts["num_choices"], config.data.max_choice_tokens
     length = config.data.seq_len
     labels = np.asarray([check_record(r) for r in records], np.int32)
     for r in records:
@@ -78,7 +91,6 @@ def encode(config, tokenizer, records: list[dict], num_choices: int, budget: int
     seconds = iter(finetune.encode_segments(tokenizer, pairs))
     n = len(records)
     ids = np.full((n, num_choices, length), tokenizer.pad_token_id, np.int32)
-    global_mask = np.zeros_like(ids)
     choice_mask = np.zeros((n, num_choices), np.int32)
     bos, sep = tokenizer.bos_token_id, tokenizer.sep_token_id
     cut = 0
@@ -98,94 +110,59 @@ def encode(config, tokenizer, records: list[dict], num_choices: int, budget: int
             row = [bos, *first, sep, sep, *second, sep]
             ids[i, j, :len(row)] = row
             choice_mask[i, j] = 1
-            start = len(first) + 3  # the first token after `</s></s>`
-            if mode == "default":
-                global_mask[i, j, start:len(row)] = 1
-            elif mode == "question":
-                global_mask[i, j, start:len(row) - 1] = 1
-            elif mode == "cls":
-                global_mask[i, j, 0] = 1
     if cut:
         log.info("%d of %d (context, choice) inputs were cut to %d tokens", cut,
                  int(choice_mask.sum()), length)
-    return {"input_ids": ids, "attention_mask": (ids != tokenizer.pad_token_id).astype(np.int32),
-            "global_attention_mask": global_mask, "choice_mask": choice_mask, "label": labels}
+    attention = (ids != tokenizer.pad_token_id).astype(np.int32)
+    # Only real tokens of real choices count against the budget (filler choices are masked out).
+    if mode == "cls":
+        global_mask = global_attention.classification(ids)
+    elif mode in ("default", "question"):
+        global_mask = global_attention.multiple_choice(ids, sep) * attention
+        if mode == "question":  # the question and the choice, not the final </s>
+            global_mask *= ids != sep
+    else:
+        global_mask = np.zeros_like(ids)
+    global_mask = global_mask * choice_mask[..., None]
+    return {"input_ids": ids, "attention_mask": attention, "global_attention_mask": global_mask,
+            "choice_mask": choice_mask, "label": labels}, None
 
 
-def summarize(outputs: list, *, gold: np.ndarray) -> dict[str, float]:
+def score(out, batch, facts: dict):
+    """Per-example loss over the real choices (filler ones get no probability), and hits."""
+    logits = jnp.where(batch["choice_mask"] > 0, out.logits.astype(jnp.float32), -1e9)
+    loss, _ = losses.cross_entropy(logits, batch["label"])
+    hits = {"accuracy": (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)}
+    return loss, hits, {"logits": logits, "loss": loss}
+
+
+def summarize(outputs: list, *, config, facts: dict, evals) -> dict[str, float]:
     g = finetune.gather(outputs)
     return {"loss": float(np.mean(g["loss"])), "examples": float(len(g["index"])),
-            "accuracy": metrics.accuracy(g["logits"].argmax(-1), gold[g["index"]])}
+            "accuracy": metrics.accuracy(g["logits"].argmax(-1), evals.rows["label"][g["index"]])}
 
 
-def predict(outputs: list, *, records: list[dict], gold: np.ndarray) -> list[dict]:
+def predict(outputs: list, *, config, facts: dict, evals) -> list[dict]:
     g = finetune.gather(outputs)
     out = []
     for i, logits in zip(g["index"], g["logits"]):
-        rec = records[i]
+        rec = evals.records[i]
         scores = logits[:len(rec["choices"])]
-        out.append({"id": finetune.example_id(rec, int(i)), "label": int(gold[i]),
+        out.append({"id": finetune.example_id(rec, int(i)), "label": int(evals.rows["label"][i]),
                     "predicted": int(scores.argmax()),
                     "scores": [round(float(s), 6) for s in scores]})
     return out
 
 
+SPEC = finetune.Spec(
+    head=LongformerForMultipleChoice, default_global="default",
+    global_modes=("default", "question", "cls", "none"),
+    budget_hint="it must be data.max_choice_tokens + 1 (the question, choice and final </s> are "
+                "global)",
+    synthetic=synthetic.multiple_choice, check_config=check_config, prepare=prepare,
+    encode=encode, score=score, summarize=summarize, predict=predict,
+    info=lambda facts: {"choices": facts["num_choices"]})
+
+
 def build(config, workdir: str) -> Task:
-    mode = finetune.global_mode(config, "default", ("default", "question", "cls", "none"))
-    syn = config.data.synthetic
-    make = functools.partial(synthetic.multiple_choice, num_words=syn.num_words,
-                             num_choices=syn.num_choices)
-    train_records = finetune.load_records(config, "train", make)
-    eval_records = finetune.load_records(config, "eval", make)
-    for r in train_records + (eval_records or []):
-        check_record(r)
-    num_choices = config.data.num_choices or max(
-        len(r["choices"]) for r in train_records + (eval_records or []))
-    tokenizer = finetune.load_tokenizer(config, workdir,
-                                        lambda: synthetic.corpus(train_records))
-    model_cfg = init_from.model_config(config)
-    finetune.check_vocab(tokenizer, model_cfg)
-    finetune.check_length(config, model_cfg)
-    init_from.save_model_config(workdir, model_cfg)
-    model = LongformerForMultipleChoice(model_cfg)
-    budget = config.data.max_choice_tokens
-    if not 0 < budget <= config.data.seq_len - 5:
-        raise ValueError(f"data.max_choice_tokens={budget} must be in [1, seq_len - 5]")
-    train_rows = encode(config, tokenizer, train_records, num_choices, budget, mode)
-    eval_rows = (None if eval_records is None
-                 else encode(config, tokenizer, eval_records, num_choices, budget, mode))
-    finetune.check_global_budget(
-        train_rows["global_attention_mask"], model_cfg,
-        "it must be data.max_choice_tokens + 1 (the question, choice and final </s> are global)")
-    train_iter, eval_data = finetune.make_pipelines(config, train_rows, eval_rows)
-
-    def per_example(params, batch, rng):
-        out = finetune.apply(model, params, batch, rng)
-        logits = jnp.where(batch["choice_mask"] > 0, out.logits.astype(jnp.float32), -1e9)
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
-        return logits, loss
-
-    def loss_fn(params, batch, rng):
-        logits, loss = per_example(params, batch, rng)
-        valid = batch["valid"].astype(jnp.float32)
-        correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
-        return jnp.sum(loss * valid), {"accuracy": jnp.sum(correct * valid)}
-
-    def eval_fn(params, batch):
-        logits, loss = per_example(params, batch, None)
-        return {"index": batch["index"], "valid": batch["valid"], "logits": logits, "loss": loss}
-
-    gold = None if eval_rows is None else eval_rows["label"]
-    return Task(
-        model=model, train_data=train_iter, eval_data=eval_data,
-        batch_spec=finetune.batch_spec(config, train_rows),
-        weight_fn=lambda batch: jnp.sum(batch["valid"]),
-        loss_fn=loss_fn, eval_fn=eval_fn,
-        summarize=functools.partial(summarize, gold=gold),
-        predict=functools.partial(predict, records=eval_records, gold=gold),
-        identity=finetune.identity(config, model_cfg, num_choices=num_choices),
-        initial_params=init_from.init_fn(config, model, workdir),
-        tokenizer=tokenizer,
-        info={"choices": num_choices, "train examples": len(train_records),
-              "eval examples": 0 if eval_records is None else len(eval_records),
-              "global attention": mode})
+    return finetune.build(config, workdir, SPEC)

@@ -21,17 +21,15 @@ reference's default), or 'cls' / 'none'. Metrics: SQuAD v1.1 exact match and F1 
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from longformer import metrics
+from longformer import global_attention, losses, metrics
 from longformer.modeling import LongformerForQuestionAnswering
-from longformer.tasks import finetune, init_from, synthetic
+from longformer.tasks import finetune, synthetic
 from longformer.tasks.base import Task
 
 log = logging.getLogger(__name__)
@@ -136,15 +134,16 @@ def char_span_to_tokens(offsets: np.ndarray, start: int, end: int) -> tuple[int,
     return (int(hit[0]), int(hit[-1])) if hit.size else None
 
 
-def encode(config, tokenizer, records: list[dict], mode: str):
-    """Window rows and, per row, its example and the context offsets of its tokens (-1 else)."""
+def encode(config, tokenizer, records: list[dict], facts: dict, mode: str):
+    """Window rows and (per row its example, per row the context offsets of its tokens (-1
+    elsewhere), per record its gold answers)."""
     length = config.data.seq_len
     qmax = config.data.max_question_tokens
     checked = [answer_spans(r) for r in records]
     questions = finetune.encode_segments(tokenizer, [r["question"] for r in records])
     contexts = finetune.encode_segments(tokenizer, [r["context"] for r in records])
     bos, sep, pad = tokenizer.bos_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id
-    ids, starts, ends, qlens, examples, offsets_out = [], [], [], [], [], []
+    ids, starts, ends, examples, offsets_out = [], [], [], [], []
     cut = 0
     for i, (rec, (q, _), (c, offsets), (_, spans)) in enumerate(
             zip(records, questions, contexts, checked)):
@@ -168,22 +167,22 @@ def encode(config, tokenizer, records: list[dict], mode: str):
             ids.append(row)
             starts.append(first + answer[0] - ws if inside else 0)
             ends.append(first + answer[1] - ws if inside else 0)
-            qlens.append(len(q))
             examples.append(i)
             offsets_out.append(offs)
     if cut:
         log.info("%d of %d questions were cut to %d tokens", cut, len(records), qmax)
     ids = np.stack(ids)
-    global_mask = np.zeros_like(ids)
     if mode == "question":
-        global_mask = (np.arange(length)[None] < np.asarray(qlens)[:, None] + 1).astype(np.int32)
+        global_mask = global_attention.question_answering(ids, sep)
     elif mode == "cls":
-        global_mask[:, 0] = 1
+        global_mask = global_attention.classification(ids)
+    else:
+        global_mask = np.zeros_like(ids)
     rows = {"input_ids": ids, "attention_mask": (ids != pad).astype(np.int32),
             "global_attention_mask": global_mask,
             "start_positions": np.asarray(starts, np.int32),
             "end_positions": np.asarray(ends, np.int32)}
-    return rows, np.asarray(examples), np.stack(offsets_out), [g for g, _ in checked]
+    return rows, (np.asarray(examples), np.stack(offsets_out), [g for g, _ in checked])
 
 
 def best_span(start_logits: np.ndarray, end_logits: np.ndarray, offsets: np.ndarray,
@@ -219,79 +218,48 @@ def decode(outputs: list, *, feature_example, feature_offsets, records, max_toke
     return [(text, score) if ok else None for ok, (score, text) in zip(complete, best)], g
 
 
-def summarize(outputs: list, *, golds, **kw) -> dict[str, float]:
-    decoded, g = decode(outputs, **kw)
+def score(out, batch, facts: dict):
+    """Per-window loss and whole-span hits; the logits for decoding."""
+    start = out.start_logits.astype(jnp.float32)
+    end = out.end_logits.astype(jnp.float32)
+    loss = losses.question_answering_losses(start, end, batch["start_positions"],
+                                            batch["end_positions"])
+    exact = ((jnp.argmax(start, -1) == batch["start_positions"])
+             & (jnp.argmax(end, -1) == batch["end_positions"])).astype(jnp.float32)
+    return loss, {"span_accuracy": exact}, {"start_logits": start, "end_logits": end,
+                                            "loss": loss}
+
+
+def _decoded(outputs: list, config, evals):
+    feature_example, feature_offsets, golds = evals.extra
+    decoded, g = decode(outputs, feature_example=feature_example, feature_offsets=feature_offsets,
+                        records=evals.records, max_tokens=config.data.max_answer_tokens)
+    return decoded, golds, g
+
+
+def summarize(outputs: list, *, config, facts: dict, evals) -> dict[str, float]:
+    decoded, golds, g = _decoded(outputs, config, evals)
     pairs = [(p[0], gold) for p, gold in zip(decoded, golds) if p is not None]
     return {"loss": float(np.mean(g["loss"])), "examples": float(len(pairs)),
             **metrics.squad_scores([p for p, _ in pairs], [a for _, a in pairs])}
 
 
-def predict(outputs: list, *, golds, **kw) -> list[dict]:
-    decoded, _ = decode(outputs, **kw)
+def predict(outputs: list, *, config, facts: dict, evals) -> list[dict]:
+    decoded, golds, _ = _decoded(outputs, config, evals)
     return [{"id": finetune.example_id(r, i), "question": r["question"], "predicted": p[0],
              "score": round(p[1], 6), "answers": gold}
-            for i, (r, p, gold) in enumerate(zip(kw["records"], decoded, golds)) if p is not None]
+            for i, (r, p, gold) in enumerate(zip(evals.records, decoded, golds)) if p is not None]
+
+
+SPEC = finetune.Spec(
+    head=LongformerForQuestionAnswering, default_global="question",
+    global_modes=("question", "cls", "none"),
+    budget_hint="it must be at least data.max_question_tokens + 1 (<s> and the question are "
+                "global)",
+    synthetic=synthetic.question_answering, reader=read_squad, encode=encode, score=score,
+    summarize=summarize, predict=predict, model_fields=lambda facts: dict(num_labels=2),
+    unit="questions", windowed=True)
 
 
 def build(config, workdir: str) -> Task:
-    mode = finetune.global_mode(config, "question", ("question", "cls", "none"))
-    syn = config.data.synthetic
-    make = functools.partial(synthetic.question_answering, num_words=syn.num_words,
-                             num_categories=syn.num_categories)
-    train_records = finetune.load_records(config, "train", make, reader=read_squad)
-    eval_records = finetune.load_records(config, "eval", make, reader=read_squad)
-    tokenizer = finetune.load_tokenizer(config, workdir,
-                                        lambda: synthetic.corpus(train_records))
-    model_cfg = init_from.model_config(config, num_labels=2)
-    finetune.check_vocab(tokenizer, model_cfg)
-    finetune.check_length(config, model_cfg)
-    init_from.save_model_config(workdir, model_cfg)
-    model = LongformerForQuestionAnswering(model_cfg)
-
-    train_rows, *_ = encode(config, tokenizer, train_records, mode)
-    eval_rows, feature_example, feature_offsets, golds = (None, None, None, None)
-    if eval_records is not None:
-        eval_rows, feature_example, feature_offsets, golds = encode(
-            config, tokenizer, eval_records, mode)
-    finetune.check_global_budget(train_rows["global_attention_mask"], model_cfg,
-                                 "it must be at least data.max_question_tokens + 1 (<s> and "
-                                 "the question are global)")
-    train_iter, eval_data = finetune.make_pipelines(config, train_rows, eval_rows)
-
-    def per_feature(params, batch, rng):
-        out = finetune.apply(model, params, batch, rng)
-        start = out.start_logits.astype(jnp.float32)
-        end = out.end_logits.astype(jnp.float32)
-        loss = (optax.softmax_cross_entropy_with_integer_labels(start, batch["start_positions"])
-                + optax.softmax_cross_entropy_with_integer_labels(end, batch["end_positions"]))
-        return start, end, loss / 2
-
-    def loss_fn(params, batch, rng):
-        start, end, loss = per_feature(params, batch, rng)
-        valid = batch["valid"].astype(jnp.float32)
-        exact = ((jnp.argmax(start, -1) == batch["start_positions"])
-                 & (jnp.argmax(end, -1) == batch["end_positions"])).astype(jnp.float32)
-        return jnp.sum(loss * valid), {"span_accuracy": jnp.sum(exact * valid)}
-
-    def eval_fn(params, batch):
-        start, end, loss = per_feature(params, batch, None)
-        return {"index": batch["index"], "valid": batch["valid"], "start_logits": start,
-                "end_logits": end, "loss": loss}
-
-    decode_args = dict(feature_example=feature_example, feature_offsets=feature_offsets,
-                       records=eval_records, max_tokens=config.data.max_answer_tokens,
-                       golds=golds)
-    return Task(
-        model=model, train_data=train_iter, eval_data=eval_data,
-        batch_spec=finetune.batch_spec(config, train_rows),
-        weight_fn=lambda batch: jnp.sum(batch["valid"]),
-        loss_fn=loss_fn, eval_fn=eval_fn,
-        summarize=functools.partial(summarize, **decode_args),
-        predict=functools.partial(predict, **decode_args),
-        identity=finetune.identity(config, model_cfg),
-        initial_params=init_from.init_fn(config, model, workdir),
-        tokenizer=tokenizer,
-        info={"train questions": len(train_records), "train windows": len(train_rows["input_ids"]),
-              "eval questions": 0 if eval_records is None else len(eval_records),
-              "eval windows": 0 if eval_rows is None else len(eval_rows["input_ids"]),
-              "global attention": mode})
+    return finetune.build(config, workdir, SPEC)

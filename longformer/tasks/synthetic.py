@@ -73,19 +73,31 @@ def _join(words: list[str]) -> str:
     return " ".join(words)
 
 
+def _generate(n: int, seed: int, one) -> list[dict]:
+    """`one(rng, i)` for i < n from one seeded stream, so the records are a function of the seed."""
+    rng = np.random.default_rng(seed)
+    return [one(rng, i) for i in range(n)]
+
+
+def _document(rng, num_words: int, distractors: int, colour) -> list[str]:
+    """Filler words with `distractors` colour words (`colour()` each) anywhere but first."""
+    words = _filler(rng, num_words)
+    for _ in range(distractors):
+        words[int(rng.integers(1, num_words))] = colour()
+    return words
+
+
 # ----------------------------------------------------------------------------- classification
 def classification(n: int, seed: int, *, num_words: int = 300, num_labels: int = 4,
                    problem: str = "single_label", distractors: int = 3) -> list[dict]:
     """`{"text", "label"}` records; see the module docstring for the rule."""
     if not 2 <= num_labels <= len(COLORS):
         raise ValueError(f"num_labels must be in [2, {len(COLORS)}], got {num_labels}")
-    rng = np.random.default_rng(seed)
     colors = COLORS[:num_labels]
-    out = []
-    for _ in range(n):
-        words = _filler(rng, num_words)
-        for _ in range(distractors):  # colour words that are not after `code`
-            words[int(rng.integers(1, num_words))] = str(rng.choice(colors))
+
+    def one(rng, i):
+        # colour words that are not after `code`
+        words = _document(rng, num_words, distractors, lambda: str(rng.choice(colors)))
         if problem == "single_label":
             chosen = [str(rng.choice(colors))]
         elif problem == "multi_label":
@@ -103,17 +115,17 @@ def classification(n: int, seed: int, *, num_words: int = 300, num_labels: int =
         label = {"single_label": chosen[0] if chosen else None,
                  "multi_label": sorted(chosen),
                  "regression": float(len(chosen))}[problem]
-        out.append({"text": _join(words), "label": label})
-    return out
+        return {"text": _join(words), "label": label}
+
+    return _generate(n, seed, one)
 
 
 # ----------------------------------------------------------------------------- token classification
 def token_classification(n: int, seed: int, *, num_words: int = 300, max_distance: int = 24,
                          entities_per_paragraph: int = 2) -> list[dict]:
     """`{"tokens", "tags"}` records (BIO tags PER/LOC/ORG); see the module docstring."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
+
+    def one(rng, i):
         tokens: list[str] = []
         tags: list[str] = []
         pool = list(rng.permutation(NAMES))  # a name means one thing within a document
@@ -146,31 +158,31 @@ def token_classification(n: int, seed: int, *, num_words: int = 300, max_distanc
                 if budget <= 2:
                     break
             put(["."])
-        out.append({"tokens": tokens, "tags": tags})
-    return out
+        return {"tokens": tokens, "tags": tags}
+
+    return _generate(n, seed, one)
 
 
 # ----------------------------------------------------------------------------- multiple choice
 def multiple_choice(n: int, seed: int, *, num_words: int = 300, num_choices: int = 4,
                     distractors: int = 3) -> list[dict]:
     """`{"question", "contexts", "choices", "label"}` records (one document per choice)."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
+
+    def one(rng, i):
         choices = [str(c) for c in rng.choice(COLORS, size=num_choices, replace=False)]
         label = int(rng.integers(num_choices))
         contexts = []
         for j, color in enumerate(choices):
-            words = _filler(rng, num_words)
-            for _ in range(distractors):  # the colour alone, anywhere: not the evidence
-                words[int(rng.integers(1, num_words))] = color
+            # the colour alone, anywhere: not the evidence
+            words = _document(rng, num_words, distractors, lambda: color)
             if j == label:
                 slot = int(rng.integers(num_words // 2, num_words - 1))
                 words[slot], words[slot + 1] = "code", color
             contexts.append(_join(words))
-        out.append({"question": "which colour follows code ?", "contexts": contexts,
-                    "choices": choices, "label": label})
-    return out
+        return {"question": "which colour follows code ?", "contexts": contexts,
+                "choices": choices, "label": label}
+
+    return _generate(n, seed, one)
 
 
 # ----------------------------------------------------------------------------- question answering
@@ -183,10 +195,9 @@ def question_answering(n: int, seed: int, *, num_words: int = 300, num_categorie
     """
     if not 2 <= num_categories <= len(CATEGORIES):
         raise ValueError(f"num_categories must be in [2, {len(CATEGORIES)}]")
-    rng = np.random.default_rng(seed)
     kinds = list(CATEGORIES)[:num_categories]
-    out = []
-    for i in range(n):
+
+    def one(rng, i):
         words = _filler(rng, num_words)
         # Distinct slots at least 3 words apart; replacing one word by a phrase keeps the others'
         # order, so place from the end backwards.
@@ -204,9 +215,10 @@ def question_answering(n: int, seed: int, *, num_words: int = 300, num_categorie
         start = _find_words(words, answer.split())
         start = sum(len(w) + 1 for w in words[:start])
         assert context[start:start + len(answer)] == answer
-        out.append({"id": f"synthetic-{seed}-{i}", "question": f"which {asked} ?",
-                    "context": context, "answers": [{"text": answer, "answer_start": start}]})
-    return out
+        return {"id": f"synthetic-{seed}-{i}", "question": f"which {asked} ?",
+                "context": context, "answers": [{"text": answer, "answer_start": start}]}
+
+    return _generate(n, seed, one)
 
 
 def _find_words(words: list[str], phrase: list[str]) -> int:

@@ -15,20 +15,18 @@ accuracy and micro F1 over non-`O` tags, and seqeval-style entity precision/reca
 
 from __future__ import annotations
 
-import functools
 import logging
 
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from longformer import metrics
+from longformer import global_attention, losses, metrics
 from longformer.modeling import LongformerForTokenClassification
-from longformer.tasks import finetune, init_from, synthetic
+from longformer.tasks import finetune, synthetic
 from longformer.tasks.base import Task
 
 log = logging.getLogger(__name__)
-IGNORE = -100
+IGNORE = losses.IGNORE_INDEX
 
 
 def tag_set(config, records: list[dict]) -> list[str]:
@@ -78,8 +76,16 @@ def first_subtokens(word_of_token: np.ndarray) -> np.ndarray:
     return first
 
 
-def encode(config, tokenizer, records: list[dict], tags: list[str], mode: str):
+def prepare(config, train_records: list[dict], eval_records: list[dict] | None) -> dict:
+    """Checks the train records (eval ones are checked as they are encoded) -> the tag set."""
+    for r in train_records:
+        check_record(r)
+    return {"labels": tag_set(config, train_records)}
+
+
+def encode(config, tokenizer, records: list[dict], facts: dict, mode: str):
     """Window rows, and for each document and word the (row, position) that predicts it."""
+    tags = facts["labels"]
     index = {t: i for i, t in enumerate(tags)}
     docs = [check_record(r) for r in records]
     for rec, (_, word_tags) in zip(records, docs):
@@ -110,12 +116,25 @@ def encode(config, tokenizer, records: list[dict], tags: list[str], mode: str):
             rows.append((row, labels))
         sources.append([best.get(w, (0, -1, -1))[1:] for w in range(len(words))])
     ids = np.stack([r for r, _ in rows])
-    global_mask = np.zeros_like(ids)
-    if mode == "cls":
-        global_mask[:, 0] = 1
+    global_mask = global_attention.classification(ids) if mode == "cls" else np.zeros_like(ids)
     return {"input_ids": ids, "attention_mask": (ids != tokenizer.pad_token_id).astype(np.int32),
             "global_attention_mask": global_mask,
             "labels": np.stack([lab for _, lab in rows])}, sources
+
+
+def score(out, batch, facts: dict):
+    """Per-token loss and hits (unlabelled tokens 0); per-row predictions and loss sums."""
+    logits = out.logits.astype(jnp.float32)
+    token_losses, labelled = losses.cross_entropy(logits, batch["labels"])
+    predictions = jnp.argmax(logits, -1)
+    return token_losses, {"accuracy": labelled & (predictions == batch["labels"])}, {
+        "predictions": predictions.astype(jnp.int32), "loss_sum": jnp.sum(token_losses, -1),
+        "tokens": jnp.sum(labelled, -1)}
+
+
+def labelled_tokens(batch) -> jnp.ndarray:
+    """The loss averages over the labelled tokens of the real rows."""
+    return jnp.sum((batch["labels"] != IGNORE) & (batch["valid"][:, None] > 0))
 
 
 def word_predictions(outputs: list, sources: list, tags: list[str]) -> list:
@@ -131,81 +150,31 @@ def word_predictions(outputs: list, sources: list, tags: list[str]) -> list:
     return out
 
 
-def summarize(outputs: list, *, sources, records, tags) -> dict[str, float]:
+def summarize(outputs: list, *, config, facts: dict, evals) -> dict[str, float]:
     g = finetune.gather(outputs)
-    predicted = word_predictions(outputs, sources, tags)
-    pairs = [(r["tags"], p) for r, p in zip(records, predicted) if p is not None]
+    predicted = word_predictions(outputs, evals.extra, facts["labels"])
+    pairs = [(r["tags"], p) for r, p in zip(evals.records, predicted) if p is not None]
     gold, pred = [a for a, _ in pairs], [b for _, b in pairs]
     return {"loss": float(g["loss_sum"].sum() / max(g["tokens"].sum(), 1)),
             "examples": float(len(pairs)), **metrics.token_scores(gold, pred),
             **metrics.entity_scores(gold, pred)}
 
 
-def predict(outputs: list, *, sources, records, tags) -> list[dict]:
+def predict(outputs: list, *, config, facts: dict, evals) -> list[dict]:
+    predicted = word_predictions(outputs, evals.extra, facts["labels"])
     return [{"id": finetune.example_id(r, i), "tokens": r["tokens"], "tags": r["tags"],
              "predicted": p}
-            for i, (r, p) in enumerate(zip(records, word_predictions(outputs, sources, tags)))
-            if p is not None]
+            for i, (r, p) in enumerate(zip(evals.records, predicted)) if p is not None]
+
+
+SPEC = finetune.Spec(
+    head=LongformerForTokenClassification, default_global="none", global_modes=("none", "cls"),
+    budget_hint="global_attention='cls' needs 1", synthetic=synthetic.token_classification,
+    prepare=prepare, encode=encode, score=score, summarize=summarize, predict=predict,
+    weight=labelled_tokens,
+    model_fields=lambda facts: dict(num_labels=len(facts["labels"])),
+    info=lambda facts: {"tags": len(facts["labels"])}, unit="documents", windowed=True)
 
 
 def build(config, workdir: str) -> Task:
-    mode = finetune.global_mode(config, "none", ("none", "cls"))
-    syn = config.data.synthetic
-    make = functools.partial(synthetic.token_classification, num_words=syn.num_words,
-                             max_distance=syn.max_distance,
-                             entities_per_paragraph=syn.entities_per_paragraph)
-    train_records = finetune.load_records(config, "train", make)
-    eval_records = finetune.load_records(config, "eval", make)
-    for r in train_records:
-        check_record(r)
-    tags = tag_set(config, train_records)
-    tokenizer = finetune.load_tokenizer(config, workdir,
-                                        lambda: synthetic.corpus(train_records))
-    model_cfg = init_from.model_config(config, num_labels=len(tags))
-    finetune.check_vocab(tokenizer, model_cfg)
-    finetune.check_length(config, model_cfg)
-    init_from.save_model_config(workdir, model_cfg)
-    model = LongformerForTokenClassification(model_cfg)
-
-    train_rows, _ = encode(config, tokenizer, train_records, tags, mode)
-    eval_rows, sources = (None, None) if eval_records is None else encode(
-        config, tokenizer, eval_records, tags, mode)
-    finetune.check_global_budget(train_rows["global_attention_mask"], model_cfg,
-                                 "global_attention='cls' needs 1")
-    train_iter, eval_data = finetune.make_pipelines(config, train_rows, eval_rows)
-
-    def token_losses(params, batch, rng):
-        out = finetune.apply(model, params, batch, rng)
-        logits = out.logits.astype(jnp.float32)
-        labels = batch["labels"]
-        labelled = (labels != IGNORE) & (batch["valid"][:, None] > 0)
-        losses = optax.softmax_cross_entropy_with_integer_labels(
-            logits, jnp.where(labelled, labels, 0))
-        return logits, jnp.where(labelled, losses, 0.0), labelled
-
-    def loss_fn(params, batch, rng):
-        logits, losses, labelled = token_losses(params, batch, rng)
-        correct = jnp.sum(labelled & (jnp.argmax(logits, -1) == batch["labels"]))
-        return jnp.sum(losses), {"accuracy": correct}
-
-    def eval_fn(params, batch):
-        logits, losses, labelled = token_losses(params, batch, None)
-        return {"index": batch["index"], "valid": batch["valid"],
-                "predictions": jnp.argmax(logits, -1).astype(jnp.int32),
-                "loss_sum": jnp.sum(losses, -1), "tokens": jnp.sum(labelled, -1)}
-
-    return Task(
-        model=model, train_data=train_iter, eval_data=eval_data,
-        batch_spec=finetune.batch_spec(config, train_rows),
-        weight_fn=lambda batch: jnp.sum((batch["labels"] != IGNORE) & (batch["valid"][:, None]
-                                                                         > 0)),
-        loss_fn=loss_fn, eval_fn=eval_fn,
-        summarize=functools.partial(summarize, sources=sources, records=eval_records, tags=tags),
-        predict=functools.partial(predict, sources=sources, records=eval_records, tags=tags),
-        identity=finetune.identity(config, model_cfg, labels=tags),
-        initial_params=init_from.init_fn(config, model, workdir),
-        tokenizer=tokenizer,
-        info={"tags": len(tags), "train documents": len(train_records),
-              "train windows": len(train_rows["input_ids"]),
-              "eval documents": 0 if eval_records is None else len(eval_records),
-              "global attention": mode})
+    return finetune.build(config, workdir, SPEC)

@@ -1,0 +1,101 @@
+"""Hand-written VJPs for XLA:CPU: pure functions on arrays, used only when the model is built for
+the CPU (`LongformerConfig.platform == "cpu"`, chosen in `layers.py`); every other platform
+differentiates the plain forms in `layers.py`. Each is tested against autodiff of its plain form
+(`tests/test_layers.py`), and each stays only while `bench/` shows it helps on the CPU
+(`python -m bench.kernels`; figures in bench/README.md).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+
+_SQRT_HALF = math.sqrt(0.5)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+@jax.custom_vjp
+def gelu(x):
+    """The exact (erf) GELU, x * Phi(x), in float32, with a VJP that evaluates erf and exp once
+    per element (autodiff of the erfc form makes more passes over the FFN's largest
+    activation)."""
+    xf = x.astype(jnp.float32)
+    return (xf * (0.5 + 0.5 * jax.lax.erf(xf * _SQRT_HALF))).astype(x.dtype)
+
+
+def _gelu_fwd(x):
+    return gelu(x), x
+
+
+def _gelu_bwd(x, g):
+    xf = x.astype(jnp.float32)
+    cdf = 0.5 + 0.5 * jax.lax.erf(xf * _SQRT_HALF)
+    pdf = jnp.exp(-0.5 * jnp.square(xf)) * _INV_SQRT_2PI
+    return ((g.astype(jnp.float32) * (cdf + xf * pdf)).astype(x.dtype),)
+
+
+gelu.defvjp(_gelu_fwd, _gelu_bwd)
+
+
+@jax.custom_vjp
+def matmul_f32(x, w):
+    """x (..., K) @ w (K, N) in their dtype with a float32 result, and a backward pass whose two
+    matmuls ask for float32 results too: XLA:CPU runs bfloat16 matmuls fast only with float32
+    results, and autodiff's transpose would round the products to bfloat16 inside the kernel.
+    In float32 the written-out backward is faster on CPU too (bench/README.md)."""
+    return jnp.dot(x, w, preferred_element_type=jnp.float32)
+
+
+def _matmul_f32_fwd(x, w):
+    return matmul_f32(x, w), (x, w)
+
+
+def _matmul_f32_bwd(res, g):
+    x, w = res
+    g = g.astype(x.dtype)  # the output is rounded to x.dtype by its consumer: no loss
+    gx = jnp.dot(g, w.T, preferred_element_type=jnp.float32).astype(x.dtype)
+    gw = jnp.dot(x.reshape(-1, x.shape[-1]).T, g.reshape(-1, g.shape[-1]),
+                 preferred_element_type=jnp.float32).astype(w.dtype)
+    return gx, gw
+
+
+matmul_f32.defvjp(_matmul_f32_fwd, _matmul_f32_bwd)
+
+
+def normalise(x, eps):
+    """(x - mean) / std over the last axis, and 1 / std."""
+    mean = jnp.mean(x, axis=-1, keepdims=True)
+    centred = x - mean
+    rstd = jax.lax.rsqrt(jnp.mean(jnp.square(centred), axis=-1, keepdims=True) + eps)
+    return centred * rstd, rstd
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def layer_norm(x, scale, bias, eps):
+    """LayerNorm over the last axis (float32 in, float32 out) whose backward keeps only the
+    normalised rows and 1 / std, and forms the scale and bias gradients (sums over every row) as
+    matrix-vector products rather than column reductions, which XLA:CPU runs slowly."""
+    return normalise(x, eps)[0] * scale + bias
+
+
+def _layer_norm_fwd(x, scale, bias, eps):
+    normed, rstd = normalise(x, eps)
+    return normed * scale + bias, (normed, rstd, scale)
+
+
+def _layer_norm_bwd(eps, res, g):
+    normed, rstd, scale = res
+    rows = g.reshape(-1, g.shape[-1])
+    ones = jnp.ones((1, rows.shape[0]), jnp.float32)
+    d_bias = jnp.dot(ones, rows)[0]
+    d_scale = jnp.dot(ones, rows * normed.reshape(rows.shape))[0]
+    d_normed = g * scale
+    d_x = rstd * (d_normed - jnp.mean(d_normed, axis=-1, keepdims=True)
+                  - normed * jnp.mean(d_normed * normed, axis=-1, keepdims=True))
+    return d_x, d_scale, d_bias
+
+
+layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)

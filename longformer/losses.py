@@ -1,0 +1,105 @@
+"""The loss terms of every head, shared by the models' `loss` output and the training objectives.
+
+Each function gives terms per example (or per position), in float32, with ignored positions 0 and
+a mask of the counted ones. The two users reduce them differently, and both reductions are here:
+the heads take the reference's mean (their `loss` matches transformers'), the objectives sum the
+terms with validity weights (filler rows of an eval batch weigh 0) and divide by a weight counted
+over the whole batch, since gradient accumulation needs sums rather than per-micro-batch means.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from longformer.config import LongformerConfig
+
+Array = jax.Array
+IGNORE_INDEX = -100
+
+
+def mean(terms: Array, counted: Array) -> Array:
+    """The mean over the counted terms (0 when none is counted, never NaN)."""
+    return jnp.sum(terms) / jnp.maximum(jnp.sum(counted), 1)
+
+
+def cross_entropy(logits: Array, labels: Array, ignore_index: int = IGNORE_INDEX):
+    """(per-position cross-entropy with ignored positions 0, the mask of counted positions)."""
+    counted = labels != ignore_index
+    losses = optax.softmax_cross_entropy_with_integer_labels(
+        logits.astype(jnp.float32), jnp.where(counted, labels, 0))
+    return jnp.where(counted, losses, 0.0), counted
+
+
+def masked_cross_entropy(logits: Array, labels: Array, ignore_index: int = IGNORE_INDEX) -> Array:
+    """Mean cross-entropy over labels != ignore_index (float32)."""
+    return mean(*cross_entropy(logits, labels, ignore_index))
+
+
+# ----------------------------------------------------------------------------- classification
+def problem_type(config: LongformerConfig, labels: Array) -> str:
+    """The reference's rule when config.problem_type is unset."""
+    if config.problem_type:
+        return config.problem_type
+    if config.num_labels == 1:
+        return "regression"
+    if jnp.issubdtype(labels.dtype, jnp.integer):
+        return "single_label_classification"
+    return "multi_label_classification"
+
+
+def sequence_classification_terms(kind: str, logits: Array, labels: Array):
+    """(terms, counted), the first axis the example: squared errors (one per label), a
+    cross-entropy per example, or a binary cross-entropy per label, as the reference averages."""
+    logits = logits.astype(jnp.float32)
+    num_labels = logits.shape[-1]
+    if kind == "regression":
+        if num_labels == 1:
+            terms = (logits.reshape(-1) - labels.reshape(-1).astype(jnp.float32)) ** 2
+        else:
+            terms = (logits - labels.astype(jnp.float32)) ** 2
+        return terms, jnp.ones(terms.shape, bool)
+    if kind == "single_label_classification":
+        return cross_entropy(logits.reshape(-1, num_labels), labels.reshape(-1))
+    if kind == "multi_label_classification":
+        terms = optax.sigmoid_binary_cross_entropy(logits, labels.astype(jnp.float32))
+        return terms, jnp.ones(terms.shape, bool)
+    raise ValueError(f"unknown problem_type {kind!r}")
+
+
+def sequence_classification_loss(config: LongformerConfig, logits: Array, labels: Array) -> Array:
+    """The head's loss: the mean over every term (the reference's MSE, CE or BCE-with-logits)."""
+    return mean(*sequence_classification_terms(problem_type(config, labels), logits, labels))
+
+
+def per_example(terms: Array) -> Array:
+    """One loss per example: the mean of its terms (its only term for one label)."""
+    return terms if terms.ndim == 1 else jnp.mean(terms, axis=-1)
+
+
+# ----------------------------------------------------------------------------- question answering
+def question_answering_terms(start_logits, end_logits, start_positions, end_positions):
+    """((start terms, counted), (end terms, counted)) per example. The reference clamps positions
+    to the input length and ignores that index, so answers outside the input count for nothing."""
+    length = start_logits.shape[-1]
+
+    def one(logits, positions):
+        positions = jnp.clip(jnp.asarray(positions).reshape(-1), 0, length)
+        return cross_entropy(logits, positions, ignore_index=length)
+
+    return one(start_logits, start_positions), one(end_logits, end_positions)
+
+
+def question_answering_loss(start_logits, end_logits, start_positions, end_positions):
+    """The head's loss: the mean of the start and end cross-entropies."""
+    start, end = question_answering_terms(start_logits, end_logits, start_positions,
+                                          end_positions)
+    return (mean(*start) + mean(*end)) / 2
+
+
+def question_answering_losses(start_logits, end_logits, start_positions, end_positions):
+    """Per example: the mean of its start and end cross-entropies."""
+    (start, _), (end, _) = question_answering_terms(start_logits, end_logits, start_positions,
+                                                    end_positions)
+    return (start + end) / 2
