@@ -26,16 +26,7 @@ import numpy as np
 
 from longformer import attention as attn_op
 from longformer.config import LongformerConfig
-from longformer.layers import (
-    REMAT_POLICIES,
-    Dense,
-    DenseParams,
-    Embed,
-    LayerNorm,
-    activation,
-    concrete,
-    linear,
-)
+from longformer.layers import REMAT_POLICIES, Dense, DenseParams, Embed, LayerNorm, activation, concrete, linear
 from longformer.modeling import ResolvedModule
 
 VOCAB_SIZE = 256  # bytes

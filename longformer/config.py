@@ -3,7 +3,7 @@
 `attention_window` follows the Hugging Face convention: the TOTAL window w (even, > 0), so a token
 sees w/2 keys on each side. It is an int or one entry per layer; any even sizes work together.
 The JAX-only fields (dtypes, the static global-token budget, remat, block size, dilation,
-causal) are never written to `config.json`.
+causal, the attention layout and the platform) are never written to `config.json`.
 
 Dilation and causal windows (JAX only; the reference has neither):
 * `attention_dilation` d: a token sees every d-th token, so the same number of keys covers d
@@ -84,6 +84,8 @@ class LongformerConfig:
     causal: bool = False  # one-sided windows (autoregressive); needs max_global_tokens=0
 
     def __post_init__(self):
+        if self.attention_impl == "banded":  # the name before the band had two layouts
+            object.__setattr__(self, "attention_impl", "auto")
         window = self.attention_window
         if isinstance(window, (list, tuple)):
             object.__setattr__(self, "attention_window", tuple(int(w) for w in window))

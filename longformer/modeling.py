@@ -20,25 +20,10 @@ from jax.ad_checkpoint import checkpoint_name
 
 from longformer import attention as attn_op
 from longformer import global_attention
-from longformer.config import LongformerConfig
-from longformer.layers import (
-    REMAT_POLICIES,
-    Dense,
-    DenseParams,
-    Embed,
-    LayerNorm,
-    activation,
-    concrete,
-    gelu,
-    linear,
-)
-from longformer.layout import layer_runs, run_name, stack_layers, unstack_layers  # noqa: F401
-from longformer.losses import (  # noqa: F401
-    masked_cross_entropy,
-    problem_type,
-    question_answering_loss,
-    sequence_classification_loss,
-)
+from longformer.config import PLATFORMS, LongformerConfig
+from longformer.layers import REMAT_POLICIES, Dense, DenseParams, Embed, LayerNorm, activation, concrete, gelu, linear
+from longformer.layout import layer_runs, run_name
+from longformer.losses import masked_cross_entropy, question_answering_loss, sequence_classification_loss
 
 Array = jax.Array
 
@@ -74,7 +59,7 @@ class ResolvedModule(nn.Module):
     config: LongformerConfig
 
     def __post_init__(self):
-        if self.config.platform == "auto" or self.config.platform not in ("cpu", "gpu", "tpu"):
+        if self.config.platform not in PLATFORMS[1:]:  # 'auto', or an alias such as 'cuda'
             object.__setattr__(self, "config", self.config.resolve())
         super().__post_init__()
 

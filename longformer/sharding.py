@@ -31,7 +31,7 @@ DEFAULT_RULES = (
     ("pos", None),
     ("norm", None),
     ("classes", None),
-    ("layers", None),  # the stacked layer axis of a scan_layers model (modeling.stack_layers)
+    ("layers", None),  # the stacked layer axis of a scan_layers model (layout.stack_layers)
 )
 
 

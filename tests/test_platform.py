@@ -30,6 +30,7 @@ def test_auto_resolves_from_the_devices():
     assert LongformerModel(cfg).config.platform == "cpu"  # resolved when the model is built
     assert cfg.resolve("cpu").band_impl == "loop" and cfg.resolve("gpu").band_impl == "batched"
     assert cfg.replace(attention_impl="batched").resolve("cpu").band_impl == "batched"
+    assert LongformerConfig(**TINY, attention_impl="banded").attention_impl == "auto"  # old name
     with pytest.raises(ValueError, match="platform 'metal' is not one of"):
         cfg.replace(platform="metal")
 
@@ -115,3 +116,15 @@ def test_batched_layout_train_step_memory_is_linear():
     assert long / short < 4.5, (short, long)
     assert long < 2 * loop, (long, loop)
     np.testing.assert_array_less(0, [short, long, loop])
+
+
+@pytest.mark.parametrize("loop", [True, False])
+def test_both_layouts_name_their_output_for_minimal_remat(loop):
+    """remat='minimal' keeps what is named "attention": the loop's output and the batched
+    layout's alike."""
+    from longformer import band
+    q = jnp.ones((1, 32, 2, 8), jnp.float32)
+    mask = jnp.ones((1, 32), bool)
+    text = str(jax.make_jaxpr(lambda q: band.band_attention(q, q, q, mask, left=4, right=4,
+                                                            loop=loop))(q))
+    assert "name=attention" in text
