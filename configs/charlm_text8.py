@@ -84,7 +84,7 @@ def get_config(phase: str = "1", dataset: str = "text8"):
         layer_norm_eps=1e-5, attention_window=phase_windows(p, seq_len),
         attention_dilation=dilations(), causal=True, max_global_tokens=0,
         dtype="float32", param_dtype="float32", remat="none" if p <= 2 else "full",
-        attention_block_size=0))
+        attention_block_size=0, attention_impl="auto", platform="auto"))
 
     c.data = charlm_task.default_data_config()
     c.data.seq_len = seq_len

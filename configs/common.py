@@ -59,7 +59,7 @@ def finetune(task: str, *, seq_len: int, windows: Sequence[int]) -> ml_collectio
         initializer_range=0.02, layer_norm_eps=1e-5, attention_window=tuple(windows),
         pad_token_id=1, bos_token_id=0, eos_token_id=2, sep_token_id=2,
         dtype="float32", param_dtype="float32", max_global_tokens=1, remat="none",
-        attention_block_size=0))
+        attention_block_size=0, attention_impl="auto", platform="auto"))
     c.data = ml_collections.ConfigDict(dict(
         train_file="",  # comma-separated globs; '' generates the synthetic task
         eval_file="",

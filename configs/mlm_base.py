@@ -33,7 +33,8 @@ def get_config():
         attention_window=(512,) * 12,
         pad_token_id=1, bos_token_id=0, eos_token_id=2, sep_token_id=2,
         dtype="float32", param_dtype="float32", max_global_tokens=0, remat="minimal",
-        attention_block_size=0, scan_layers=True))
+        attention_block_size=0, scan_layers=True,
+        attention_impl="auto", platform="auto"))  # the layout and kernels: picked by the devices
 
     c.data = data.default_data_config()
     c.data.seq_len = 4096
