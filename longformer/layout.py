@@ -42,10 +42,15 @@ def _is_box(x) -> bool:
     return isinstance(x, nn.LogicallyPartitioned)
 
 
+def with_layer_axis(tree):
+    """Boxed leaves' logical names gain the leading `layers` axis of a stack (never sharded)."""
+    return jax.tree.map(lambda b: b.replace(names=("layers",) + tuple(b.names)) if _is_box(b)
+                        else b, tree, is_leaf=_is_box)
+
+
 def _stack_leaves(*leaves):
-    if _is_box(leaves[0]):  # logical names gain a leading `layers` axis (never sharded)
-        return leaves[0].replace(value=jnp.stack([b.value for b in leaves]),
-                                 names=("layers",) + tuple(leaves[0].names))
+    if _is_box(leaves[0]):
+        return with_layer_axis(leaves[0].replace(value=jnp.stack([b.value for b in leaves])))
     return jnp.stack(leaves)
 
 

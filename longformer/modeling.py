@@ -22,7 +22,7 @@ from longformer import attention as attn_op
 from longformer import global_attention
 from longformer.config import PLATFORMS, LongformerConfig
 from longformer.layers import REMAT_POLICIES, Dense, DenseParams, Embed, LayerNorm, activation, concrete, gelu, linear
-from longformer.layout import layer_runs, run_name
+from longformer.layout import layer_runs, run_name, with_layer_axis
 from longformer.losses import masked_cross_entropy, question_answering_loss, sequence_classification_loss
 
 Array = jax.Array
@@ -210,11 +210,7 @@ def _stacked_init(layer: LongformerLayer, count: int):
     def init(rng, *inputs):
         def one(key):
             return layer.init({"params": key}, *inputs)["params"]
-        stacked = jax.vmap(one)(jax.random.split(rng, count))
-        return jax.tree.map(
-            lambda b: b.replace(names=("layers",) + tuple(b.names))
-            if isinstance(b, nn.LogicallyPartitioned) else b,
-            stacked, is_leaf=lambda b: isinstance(b, nn.LogicallyPartitioned))
+        return with_layer_axis(jax.vmap(one)(jax.random.split(rng, count)))
     return init
 
 
