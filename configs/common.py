@@ -38,8 +38,9 @@ def trainer(c: ml_collections.ConfigDict, *, batch_size: int, total_steps: int,
                                                 end_learning_rate=0.0))
     # data x fsdp x tensor; one -1 fills the remaining devices.
     c.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1)))
+    # allow_data_change: resume although the data files differ from the checkpoint's (warns).
     c.checkpoint = ml_collections.ConfigDict(dict(every_steps=checkpoint_every, keep=keep,
-                                                  async_save=True))
+                                                  async_save=True, allow_data_change=False))
     c.logging = ml_collections.ConfigDict(dict(every_steps=log_every, eval_every_steps=eval_every,
                                                eval_batches=0))  # 0: the whole eval set
     # Multi-host: jax.distributed.initialize(); empty fields are auto-detected on TPU/SLURM.

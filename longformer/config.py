@@ -25,6 +25,8 @@ from typing import Any, Sequence
 
 import jax.numpy as jnp
 
+from longformer.files import FileFormatError, read_json
+
 # Hugging Face config.json keys that we read and write (everything else is ignored on load).
 HF_FIELDS = (
     "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
@@ -42,6 +44,7 @@ ATTENTION_IMPLS = ("auto", "loop", "batched", "dense")
 # from the devices the computation runs on (`LongformerConfig.resolve`).
 PLATFORMS = ("auto", "cpu", "gpu", "tpu")
 _PLATFORM_ALIASES = {"cuda": "gpu", "rocm": "gpu"}
+CONFIG_JSON = "a transformers Longformer config.json"
 REMAT_POLICIES = ("none", "minimal", "full", "dots", "dots_no_batch")
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu", "swish", "tanh")
 
@@ -272,12 +275,30 @@ class LongformerConfig:
         return d
 
     @classmethod
+    def from_json_file(cls, file: str | os.PathLike, loaded: dict[str, Any] | None = None,
+                       **overrides) -> "LongformerConfig":
+        """`from_hf_dict` of a config.json (`loaded`: its dict, when the caller has read it), so
+        a corrupt file or a bad value in it is reported against the file, not as a bare error."""
+        file = os.fspath(file)
+        d = read_json(file, CONFIG_JSON) if loaded is None else loaded
+        try:
+            return cls.from_hf_dict(d, **overrides)
+        except (TypeError, ValueError) as e:
+            if overrides:  # the caller's override may be what is wrong, not the file
+                try:
+                    cls.from_hf_dict(d)
+                except (TypeError, ValueError):
+                    pass
+                else:
+                    raise
+            raise FileFormatError(f"{file}: {e}; expected {CONFIG_JSON}") from e
+
+    @classmethod
     def from_pretrained(cls, path: str | os.PathLike, **overrides) -> "LongformerConfig":
+        """From a folder's config.json, or that file itself."""
+        path = os.fspath(path)
         file = os.path.join(path, "config.json") if os.path.isdir(path) else path
-        if not os.path.exists(file):
-            raise FileNotFoundError(f"no config.json in {path}")
-        with open(file) as f:
-            return cls.from_hf_dict(json.load(f), **overrides)
+        return cls.from_json_file(file, **overrides)
 
     def save_pretrained(self, path: str | os.PathLike, architectures=None) -> None:
         os.makedirs(path, exist_ok=True)

@@ -36,6 +36,7 @@ import numpy as np
 
 from longformer import hf_checkpoint
 from longformer.config import LongformerConfig
+from longformer.files import read_json
 
 log = logging.getLogger(__name__)
 
@@ -225,8 +226,7 @@ def _read_roberta_config(src_dir: str) -> dict[str, Any]:
     file = os.path.join(src_dir, "config.json")
     if not os.path.isfile(file):
         raise ConversionError(f"{src_dir} is not a transformers checkpoint folder: no config.json")
-    with open(file) as f:
-        config = json.load(f)
+    config = read_json(file, "a transformers RoBERTa config.json")
     _check_roberta_config(config, where=src_dir)
     return config
 
@@ -267,8 +267,7 @@ def _copy_tokenizer(src_dir: str, dst_dir: str, max_length: int) -> list[str]:
             continue
         dst = os.path.join(dst_dir, name)
         if name == "tokenizer_config.json":
-            with open(src, encoding="utf-8") as f:
-                config = json.load(f)
+            config = read_json(src, "a transformers tokenizer_config.json")
             config["model_max_length"] = int(max_length)
             if isinstance(config.get("tokenizer_class"), str):
                 config["tokenizer_class"] = config["tokenizer_class"].replace("Roberta",

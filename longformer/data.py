@@ -271,11 +271,13 @@ def _read_file(path: str, fmt: str, field: str) -> list[str]:
     return docs
 
 
-def read_documents(files: Sequence[str], text_format: str = "auto", text_field: str = "text") -> list[str]:
+def read_documents(files: Sequence[str], text_format: str = "auto", text_field: str = "text", *,
+                   source: str | None = None) -> list[str]:
     """Reads the documents of ``files`` (see the module docstring for the formats).
 
-    Bad files / lines are skipped with a warning; raises ``ValueError`` naming the files if no
-    document at all could be read.
+    Bad files / lines are skipped with a warning; raises ``ValueError`` naming the files (and
+    ``source``, the pattern they came from, which is what the user typed) if no document at all
+    could be read.
     """
     if text_format not in TEXT_FORMATS:
         raise ValueError(f"text_format must be one of {TEXT_FORMATS}, got {text_format!r}")
@@ -285,8 +287,9 @@ def read_documents(files: Sequence[str], text_format: str = "auto", text_field: 
         docs.extend(_read_file(path, _resolve_format(path, text_format), text_field))
     if not docs:
         shown = ", ".join(files[:10]) + (f", ... ({len(files)} files)" if len(files) > 10 else "")
-        raise ValueError(f"No usable documents in the input files (format {text_format!r}, "
-                         f"field {text_field!r}): {shown or '<no files>'}")
+        where = f"train_files={source!r}" if source else "the input files"
+        raise ValueError(f"No usable documents in {where} (format {text_format!r}, field "
+                         f"{text_field!r}; the warnings above say why): {shown or '<no files>'}")
     return docs
 
 
@@ -299,7 +302,9 @@ def load_documents(config: Any = None) -> list[str]:
         documents = default_corpus_documents()
     else:
         documents = read_documents(find_files(train_files), _opt(config, "text_format"),
-                                   _opt(config, "text_field"))
+                                   _opt(config, "text_field"),
+                                   source=train_files if isinstance(train_files, str)
+                                   else ",".join(map(str, train_files)))
     max_documents = int(_opt(config, "max_documents"))
     if max_documents > 0:
         documents = documents[:max_documents]

@@ -22,6 +22,7 @@ import ml_collections
 import numpy as np
 
 from longformer import checkpoints, hf_checkpoint, sharding, tasks
+from longformer.files import read_json
 from longformer.tasks import init_from
 
 log = logging.getLogger(__name__)
@@ -33,8 +34,8 @@ def load_run_config(checkpoint: str) -> ml_collections.ConfigDict:
     path = os.path.join(workdir, "config.json")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no config.json in {workdir}; pass --config")
-    with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
+    return ml_collections.ConfigDict(read_json(path, "the config.json train.py saved in its "
+                                               "workdir"))
 
 
 def _saved_identity(workdir: str, step: int) -> dict | None:
@@ -66,12 +67,16 @@ def _check_identity(saved: dict | None, task: tasks.Task, checkpoint: str) -> No
         raise ValueError(f"{checkpoint} does not match the config:\n  " + "\n  ".join(problems))
 
 
-def eval_outputs(eval_fn, params, dataset, batch_sharding, max_batches: int = 0) -> list:
-    """Host outputs of `eval_fn` over one pass of `dataset` (its first max_batches batches)."""
+def eval_outputs(eval_fn, params, dataset, batch_sharding, max_batches: int = 0,
+                 check=None) -> list:
+    """Host outputs of `eval_fn` over one pass of `dataset` (its first max_batches batches);
+    `check(batch, where)` (the task's `check_batch`) sees each host batch first."""
     outputs = []
     for i, batch in enumerate(dataset):
         if max_batches and i >= max_batches:
             break
+        if check is not None:
+            check(batch, f"eval batch {i}: ")
         outputs.append(eval_fn(params, sharding.host_batch_to_global(batch, batch_sharding)))
     return [jax.tree.map(np.asarray, o) for o in jax.device_get(outputs)]
 
@@ -130,7 +135,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, checkpoint: str, *,
     eval_fn = jax.jit(task.eval_fn, in_shardings=(shardings, batch_sh),
                       out_shardings=sharding.replicated(mesh))
     outputs = eval_outputs(eval_fn, params, task.eval_data, batch_sh,
-                           config.logging.eval_batches)
+                           config.logging.eval_batches, check=task.check_batch)
     metrics = task.summarize(outputs)
     result = {"checkpoint": os.path.abspath(checkpoint), "step": step, "task": config.task,
               "metrics": metrics}

@@ -10,7 +10,6 @@ model (the same file and overrides as training). The prompt and its continuation
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -20,6 +19,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from longformer import charlm
+from longformer.files import FileFormatError, read_json
 from longformer.tasks import charlm as charlm_task
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "The char LM's training config "
@@ -36,19 +36,29 @@ _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 flags.mark_flags_as_required(["checkpoint"])
 
 
+def run_config(workdir: str) -> ml_collections.ConfigDict:
+    """The config a char LM run saved: the model to rebuild must be the one it trained."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(path):
+        raise app.UsageError(f"no config.json in {workdir}; pass --config")
+    what = "the config.json a charlm train.py run saved in its workdir"
+    saved = read_json(path, what)
+    if saved.get("task") != "charlm":
+        raise FileFormatError(f"{path}: task is {saved.get('task')!r}, not 'charlm'; expected "
+                              f"{what}")
+    return ml_collections.ConfigDict(saved)
+
+
 def main(argv):
     del argv
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax's chatter
     logging.getLogger("longformer").setLevel(logging.INFO)
     config = _CONFIG.value
     if config is None:
-        path = os.path.join(_CHECKPOINT.value, "config.json")
-        if not os.path.isfile(path):
-            raise app.UsageError(f"no config.json in {_CHECKPOINT.value}; pass --config")
-        with open(path) as f:
-            config = ml_collections.ConfigDict(json.load(f))
-    if config.task != "charlm":
-        raise app.UsageError(f"--config is a {config.task!r} config; generation needs a charlm one")
+        config = run_config(_CHECKPOINT.value)
+    elif config.get("task") != "charlm":
+        raise app.UsageError(f"--config is a {config.get('task')!r} config; generation needs a "
+                             "charlm one")
     model = charlm.CharLM(charlm_task.model_config(config))
     params = charlm_task.load_params(_CHECKPOINT.value, model, _STEP.value)
     prompt = _PROMPT.value.encode("utf-8")

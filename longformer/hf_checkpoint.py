@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import re
 from typing import Any, Mapping
 
@@ -21,7 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from longformer.config import LongformerConfig
+from longformer.config import CONFIG_JSON, LongformerConfig
+from longformer.files import FileFormatError, read_json
 from longformer.layout import to_model_layout, unstack_layers
 from longformer.modeling import MODEL_CLASSES
 
@@ -89,36 +91,136 @@ def abstract_params(model: nn.Module) -> dict[tuple[str, ...], jax.ShapeDtypeStr
 
 
 # ----------------------------------------------------------------------------- reading
-def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """All tensors of a transformers checkpoint folder, as numpy arrays."""
+_WEIGHTS = "a transformers checkpoint folder (config.json + model.safetensors)"
+_CONFIG = CONFIG_JSON
+# Fields without which config.json cannot describe the weights beside it (transformers always
+# writes them); a file lacking them is some other JSON saved under that name.
+_REQUIRED_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                    "intermediate_size")
+
+
+def _check_folder(path: str) -> None:
+    if os.path.isfile(path):
+        raise FileFormatError(f"{path}: a file, not a folder; expected {_WEIGHTS}")
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{path}: no such folder; expected {_WEIGHTS}")
+
+
+def read_hf_config(path: str | os.PathLike) -> dict[str, Any]:
+    """The config.json dict of a transformers folder, with the fields that fix the shapes."""
     path = os.fspath(path)
-    single = os.path.join(path, "model.safetensors")
-    index = os.path.join(path, "model.safetensors.index.json")
-    files: list[str]
-    if os.path.exists(single):
-        files = [single]
-    elif os.path.exists(index):
-        with open(index) as f:
-            files = sorted({os.path.join(path, v) for v in json.load(f)["weight_map"].values()})
-    else:
-        binary = os.path.join(path, "pytorch_model.bin")
-        if os.path.exists(binary):
-            try:
-                import torch  # optional: only for the legacy pickle format
-            except ImportError as e:
-                raise ImportError(f"{binary} is a torch pickle; install torch to read it, or "
-                                  "convert the folder to model.safetensors") from e
-            state = torch.load(binary, map_location="cpu", weights_only=True)
-            return {k: v.float().numpy() if v.is_floating_point() else v.numpy()
-                    for k, v in state.items()}
-        raise FileNotFoundError(f"no model.safetensors, model.safetensors.index.json or "
-                                f"pytorch_model.bin in {path}")
-    from safetensors import safe_open
-    state = {}
-    for file in files:
+    _check_folder(path)
+    file = os.path.join(path, "config.json")
+    hf = read_json(file, _CONFIG)
+    missing = [k for k in _REQUIRED_FIELDS if k not in hf]
+    if missing:
+        raise FileFormatError(f"{file}: missing required field(s) {', '.join(missing)}; "
+                              f"expected {_CONFIG}")
+    return hf
+
+
+def hf_config(path: str | os.PathLike, **overrides) -> LongformerConfig:
+    """The LongformerConfig of a transformers folder; a bad value in config.json names it."""
+    return LongformerConfig.from_json_file(os.path.join(os.fspath(path), "config.json"),
+                                           read_hf_config(path), **overrides)
+
+
+def _safetensors_fault(file: str, error: Exception) -> str:
+    """Why safetensors refused `file`, in terms of the file (the library names neither)."""
+    size = os.path.getsize(file)
+    if size == 0:
+        return "empty"
+    with open(file, "rb") as f:
+        head = f.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else None
+        header = f.read(n) if n is not None and n <= 100 << 20 else b""
+    if n is None:
+        return f"not a safetensors file (only {size} bytes)"
+    if n > 100 << 20:
+        return "not a safetensors file (no valid header length in its first 8 bytes)"
+    if len(header) < n:
+        return f"truncated ({size} bytes, inside its {n}-byte header)"
+    try:
+        entries = json.loads(header)
+        need = 8 + n + max((v["data_offsets"][1] for k, v in entries.items()
+                            if k != "__metadata__"), default=0)
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+        return "not a safetensors file (its header is not a safetensors JSON header)"
+    if size < need:
+        return f"truncated ({size} bytes, its header describes {need})"
+    return f"not a valid safetensors file ({error})"
+
+
+def _read_safetensors(file: str, state: dict[str, np.ndarray]) -> None:
+    from safetensors import SafetensorError, safe_open
+    try:
         with safe_open(file, framework="flax") as f:
             for key in f.keys():
                 state[key] = np.asarray(f.get_tensor(key))
+    except SafetensorError as e:
+        raise FileFormatError(f"{file}: {_safetensors_fault(file, e)}; expected model weights "
+                              "in safetensors format") from None
+
+
+def _shards(index: str) -> list[str]:
+    """The shard files a model.safetensors.index.json names, which must all exist."""
+    what = "a safetensors index ({\"weight_map\": {tensor name: shard file}})"
+    weight_map = read_json(index, what).get("weight_map")
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in
+                                                     weight_map.values()):
+        raise FileFormatError(f"{index}: no \"weight_map\" object of file names; expected {what}")
+    folder = os.path.dirname(index)
+    files = sorted({os.path.join(folder, v) for v in weight_map.values()})
+    for file in files:
+        if not os.path.isfile(file):
+            raise FileNotFoundError(f"{file}: missing; {index} names it as a shard")
+    return files
+
+
+def _read_torch_bin(binary: str) -> dict[str, np.ndarray]:
+    try:
+        import torch  # optional: only for the legacy pickle format
+    except ImportError as e:
+        raise ImportError(f"{binary} is a torch pickle; install torch to read it, or "
+                          "convert the folder to model.safetensors") from e
+    what = "a torch state dict (pytorch_model.bin)"
+    if os.path.getsize(binary) == 0:
+        raise FileFormatError(f"{binary}: empty; expected {what}")
+    try:
+        state = torch.load(binary, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, ValueError, OSError, pickle.UnpicklingError) as e:
+        # torch's messages run to paragraphs of advice; the first sentence says what failed.
+        text = str(e).strip()
+        reason = text.split(". ")[0].splitlines()[0][:200] if text else type(e).__name__
+        raise FileFormatError(f"{binary}: not a readable torch checkpoint ({reason}); "
+                              f"expected {what}") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor)
+                                              for v in state.values()):
+        raise FileFormatError(f"{binary}: holds {type(state).__name__}, not a dict of tensors; "
+                              f"expected {what}")
+    return {k: v.float().numpy() if v.is_floating_point() else v.numpy()
+            for k, v in state.items()}
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """All tensors of a transformers checkpoint folder, as numpy arrays."""
+    path = os.fspath(path)
+    _check_folder(path)
+    single = os.path.join(path, "model.safetensors")
+    index = os.path.join(path, "model.safetensors.index.json")
+    if os.path.exists(single):
+        files = [single]
+    elif os.path.exists(index):
+        files = _shards(index)
+    else:
+        binary = os.path.join(path, "pytorch_model.bin")
+        if os.path.exists(binary):
+            return _read_torch_bin(binary)
+        raise FileNotFoundError(f"{path}: no weights (no model.safetensors, "
+                                "model.safetensors.index.json or pytorch_model.bin)")
+    state: dict[str, np.ndarray] = {}
+    for file in files:
+        _read_safetensors(file, state)
     return state
 
 
@@ -187,10 +289,9 @@ def load_hf_checkpoint(path: str | os.PathLike, task: str | None = None, *,
     'question_answering', or a class name). `config_overrides` set JAX-only options such as
     `max_global_tokens`, `dtype` or `remat`.
     """
-    path = os.fspath(path)
-    with open(os.path.join(path, "config.json")) as f:
-        hf = json.load(f)
-    config = LongformerConfig.from_hf_dict(hf, **config_overrides)
+    hf = read_hf_config(path)
+    config = LongformerConfig.from_json_file(os.path.join(os.fspath(path), "config.json"), hf,
+                                             **config_overrides)
     if task is None:
         architectures = hf.get("architectures") or ["LongformerModel"]
         task = architectures[0]

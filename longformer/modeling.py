@@ -38,6 +38,7 @@ class LongformerOutput:
     attentions: Optional[tuple] = None
     global_attentions: Optional[tuple] = None
     global_overflow: Optional[Array] = None  # (batch,) more global tokens than the budget
+    ids_out_of_range: Optional[Array] = None  # (batch,) an id outside its table (under jit)
 
 
 @flax.struct.dataclass
@@ -51,6 +52,7 @@ class LongformerHeadOutput:
     attentions: Optional[tuple] = None
     global_attentions: Optional[tuple] = None
     global_overflow: Optional[Array] = None
+    ids_out_of_range: Optional[Array] = None
 
 
 class ResolvedModule(nn.Module):
@@ -319,6 +321,47 @@ def _check_shape(name: str, x, shape: tuple[int, ...]):
         raise ValueError(f"{name} has shape {tuple(x.shape)} but the input has shape {tuple(shape)}")
 
 
+def _tables(config: LongformerConfig) -> dict[str, tuple[int, str]]:
+    """The inputs that index a table: name -> (table size, the config field that sets it)."""
+    return {"input_ids": (config.vocab_size, "vocab_size"),
+            "token_type_ids": (config.type_vocab_size, "type_vocab_size"),
+            "position_ids": (config.max_position_embeddings, "max_position_embeddings")}
+
+
+def check_input_ids(config: LongformerConfig, where: str = "", **inputs) -> None:
+    """Raises a ValueError naming the first id outside its embedding table.
+
+    JAX does not check the indices of a gather (an out-of-range or negative id reads a clamped,
+    wrapped or NaN row and the model runs on), so the model calls this on every input whose
+    values are known, and the train and eval loops on every host batch before it is sent.
+    Under `jax.jit` the values are not known: the output field `ids_out_of_range` says which
+    examples had such an id. `inputs`: any of input_ids, token_type_ids, position_ids.
+    """
+    for name, (size, field) in _tables(config).items():
+        ids = concrete(inputs.get(name))
+        if ids is None or ids.size == 0:
+            continue
+        bad = (ids < 0) | (ids >= size)
+        if bad.any():
+            at = tuple(int(i) for i in np.argwhere(bad)[0])
+            hint = (" (a tokenizer that does not match the model?)" if name == "input_ids"
+                    else "")
+            raise ValueError(
+                f"{where}{name} holds {int(ids[at])} at position {at}, outside the embedding "
+                f"table of {size} rows ({field}={size}: ids 0..{size - 1}){hint}")
+
+
+def _ids_out_of_range(config: LongformerConfig, **inputs) -> Array:
+    """(batch,) whether an example has an id outside its table: the traced form of the check."""
+    batch = next(x for x in inputs.values() if x is not None).shape[0]
+    flag = jnp.zeros((batch,), bool)
+    for name, (size, _) in _tables(config).items():
+        ids = inputs.get(name)
+        if ids is not None:
+            flag |= jnp.any((ids < 0) | (ids >= size), axis=tuple(range(1, ids.ndim)))
+    return flag
+
+
 # The reference's default global attention rules (used when no global_attention_mask is given)
 # and the losses have their own modules, shared with the tokenizer and the training objectives;
 # their names stay importable from here.
@@ -352,6 +395,12 @@ class LongformerModel(ResolvedModule):
         if len(shape) != 2:
             raise ValueError(f"input_ids must be (batch, length), got shape {shape}")
         batch, length = shape
+        if length == 0 or batch == 0:
+            raise ValueError(f"the input has shape {shape}: it needs at least one example of at "
+                             f"least one token")
+        if inputs_embeds is not None and inputs_embeds.shape[-1] != cfg.hidden_size:
+            raise ValueError(f"inputs_embeds has width {inputs_embeds.shape[-1]} but the model's "
+                             f"hidden_size is {cfg.hidden_size}")
         if length > cfg.max_sequence_length:
             raise ValueError(
                 f"sequence length {length} is longer than the position table allows: "
@@ -361,6 +410,8 @@ class LongformerModel(ResolvedModule):
                         ("global_attention_mask", global_attention_mask),
                         ("token_type_ids", token_type_ids), ("position_ids", position_ids)):
             _check_shape(name, x, shape)
+        check_input_ids(cfg, input_ids=input_ids, token_type_ids=token_type_ids,
+                        position_ids=position_ids)
 
         attention_mask = (jnp.ones(shape, jnp.int32) if attention_mask is None
                           else jnp.asarray(attention_mask).astype(jnp.int32))
@@ -387,6 +438,8 @@ class LongformerModel(ResolvedModule):
                     jnp.arange(length) + cfg.pad_token_id + 1, shape)
         position_ids = _pad_to(jnp.asarray(position_ids), padded, cfg.pad_token_id)
 
+        out_of_range = _ids_out_of_range(cfg, input_ids=input_ids, token_type_ids=token_type_ids,
+                                         position_ids=position_ids)
         x = LongformerEmbeddings(cfg, name="embeddings")(
             input_ids, token_type_ids, position_ids, inputs_embeds, deterministic)
 
@@ -416,6 +469,7 @@ class LongformerModel(ResolvedModule):
             global_attentions=(tuple(g[:, :, :length] for g in global_attentions)
                                if output_attentions and globals_ is not None else None),
             global_overflow=overflow,
+            ids_out_of_range=out_of_range,
         )
 
     def _word_table(self):
@@ -425,7 +479,8 @@ class LongformerModel(ResolvedModule):
 def _head_output(base: LongformerOutput, **fields) -> LongformerHeadOutput:
     return LongformerHeadOutput(hidden_states=base.hidden_states, attentions=base.attentions,
                                 global_attentions=base.global_attentions,
-                                global_overflow=base.global_overflow, **fields)
+                                global_overflow=base.global_overflow,
+                                ids_out_of_range=base.ids_out_of_range, **fields)
 
 
 # ----------------------------------------------------------------------------- heads

@@ -30,6 +30,7 @@ from tokenizers import AddedToken, Tokenizer, decoders, pre_tokenizers, processo
 from tokenizers.models import BPE
 
 from longformer import global_attention
+from longformer.files import FileFormatError, json_type, read_json, read_text
 
 __all__ = [
     "LongformerTokenizer",
@@ -55,6 +56,9 @@ _SPECIAL_ROLES = {
 }
 _TRAIN_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # ids 0..4
 _TRUNCATIONS = {"longest_first", "only_first", "only_second"}
+_TOKENIZER_JSON = "a tokenizers tokenizer.json"
+_VOCAB_JSON = "a BPE vocab.json (an object of token -> id)"
+_MERGES_TXT = "a BPE merges.txt"
 
 
 def _added_token(content: str, flags: dict | None = None, *, lstrip: bool = False) -> AddedToken:
@@ -78,6 +82,59 @@ def _token_dict(tok: AddedToken) -> dict:
         "single_word": tok.single_word,
         "special": tok.special,
     }
+
+
+def _read_backend(folder: Path) -> Tokenizer:
+    """The BPE of tokenizer.json, else of vocab.json + merges.txt; a broken file is named."""
+    full, vocab, merges = folder / "tokenizer.json", folder / "vocab.json", folder / "merges.txt"
+    if full.exists():
+        try:
+            return Tokenizer.from_file(str(full))
+        except Exception as err:  # the Rust side raises bare Exceptions
+            read_json(full, _TOKENIZER_JSON)  # names a file that is not JSON at all
+            raise FileFormatError(f"{full}: not a tokenizers file ({err}); expected {_TOKENIZER_JSON}") from None
+    if vocab.exists() or merges.exists():
+        for file in (vocab, merges):
+            if not file.exists():
+                raise FileNotFoundError(f"{file}: missing; vocab.json and merges.txt come as a pair")
+        try:
+            return Tokenizer(BPE.from_file(str(vocab), str(merges)))
+        except Exception as err:
+            ids = read_json(vocab, _VOCAB_JSON)
+            if not all(isinstance(i, int) and not isinstance(i, bool) for i in ids.values()):
+                raise FileFormatError(f"{vocab}: not every token id is an integer; expected {_VOCAB_JSON}") from None
+            read_text(merges, _MERGES_TXT)
+            reason = str(err).split(": ", 1)[-1]  # drops "Error while reading BPE files: "
+            raise FileFormatError(f"{merges}: {reason}; expected {_MERGES_TXT} matching {vocab}") from None
+    raise FileNotFoundError(
+        f"No tokenizer files in {str(folder)!r}: expected 'tokenizer.json', or 'vocab.json' and 'merges.txt'."
+    )
+
+
+def _read_tokenizer_json(file: Path) -> dict:
+    """tokenizer_config.json / special_tokens_map.json, with the values `from_pretrained` uses checked."""
+    what = f"a transformers {file.name} (a JSON object)"
+    config = read_json(file, what)
+
+    def bad(key, value, should):
+        return FileFormatError(f"{file}: {key} is {json_type(value)} ({value!r:.60}), not {should}; expected {what}")
+
+    for role in _SPECIAL_ROLES:
+        value = config.get(role)
+        if value is not None and not isinstance(value, str) and not (
+                isinstance(value, dict) and isinstance(value.get("content"), str)):
+            raise bad(role, value, 'a token string or {"content": ...}')
+    max_len = config.get("model_max_length")
+    if max_len is not None and (isinstance(max_len, bool) or not isinstance(max_len, (int, float))):
+        raise bad("model_max_length", max_len, "a number")
+    decoder = config.get("added_tokens_decoder")
+    if decoder is not None:
+        if not isinstance(decoder, dict):
+            raise bad("added_tokens_decoder", decoder, "an object of id -> token")
+        for key, token in decoder.items():
+            if not key.isdigit() or not (isinstance(token, dict) and isinstance(token.get("content"), str)):
+                raise bad(f"added_tokens_decoder[{key!r}]", token, 'a token {"content": ...} under an integer id')
+    return config
 
 
 # The reference model's default global attention, on numpy arrays (the rules: global_attention.py).
@@ -136,18 +193,13 @@ class LongformerTokenizer:
     @classmethod
     def from_pretrained(cls, path: str | Path) -> "LongformerTokenizer":
         folder = Path(path)
-        if (folder / "tokenizer.json").is_file():
-            backend = Tokenizer.from_file(str(folder / "tokenizer.json"))
-        elif (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
-            backend = Tokenizer(BPE.from_file(str(folder / "vocab.json"), str(folder / "merges.txt")))
-        else:
-            raise FileNotFoundError(
-                f"No tokenizer files in {str(folder)!r}: expected 'tokenizer.json', or 'vocab.json' and 'merges.txt'."
-            )
+        if folder.is_file():
+            raise FileFormatError(f"{folder}: a file, not a folder; expected a tokenizer folder")
+        backend = _read_backend(folder)
         config = {}
         for name in ("special_tokens_map.json", "tokenizer_config.json"):  # the config wins on conflicts...
-            if (folder / name).is_file():
-                for key, value in json.loads((folder / name).read_text(encoding="utf-8")).items():
+            if (folder / name).exists():
+                for key, value in _read_tokenizer_json(folder / name).items():
                     known = config.get(key)
                     if not (isinstance(known, dict) and known.get("content") == value):  # ...but keeps flags
                         config[key] = value

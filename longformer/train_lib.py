@@ -24,7 +24,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from longformer import checkpoints, hf_checkpoint, sharding, tasks
+from longformer import checkpoints, evaluation, hf_checkpoint, sharding, tasks
 from longformer.config import LongformerConfig
 from longformer.tasks.base import Task
 
@@ -215,23 +215,29 @@ def print_memory_analysis(compiled, what: str) -> None:
 
 
 # ----------------------------------------------------------------------------- the loop
-def evaluate(eval_fn, params, eval_dataset, batch_sharding, summarize, max_batches: int = 0):
-    """One pass over the eval data (or its first max_batches batches) -> metrics."""
-    outputs = []
-    for i, batch in enumerate(eval_dataset):
-        if max_batches and i >= max_batches:
-            break
-        out = eval_fn(params, sharding.host_batch_to_global(batch, batch_sharding))
-        outputs.append(out)
-    if not outputs:
-        return None
-    return summarize([jax.tree.map(np.asarray, o) for o in jax.device_get(outputs)])
+class WorkdirError(OSError):
+    """The workdir cannot be created or written."""
+
+
+def check_writable(workdir: str) -> None:
+    """Creates `workdir` and writes a file in it, so a run that cannot save fails before any
+    training work rather than at its first checkpoint."""
+    probe = os.path.join(workdir, f".write_test.{jax.process_index()}.{os.getpid()}")
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise WorkdirError(f"the workdir {os.path.abspath(workdir)} cannot be written "
+                           f"({e.strerror or e}: {e.filename or workdir}); choose another "
+                           f"--workdir or fix its permissions") from None
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Runs (or resumes) training of `config.task` in `workdir`; returns the last metrics."""
     maybe_initialize_distributed(config)
-    os.makedirs(workdir, exist_ok=True)
+    check_writable(workdir)
     if config.batch_size % config.grad_accum_steps:
         raise ValueError(f"batch_size {config.batch_size} is not a multiple of grad_accum_steps "
                          f"{config.grad_accum_steps}")
@@ -259,16 +265,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     ckpt = checkpoints.Checkpointer(
         os.path.join(workdir, "checkpoints"), every=config.checkpoint.every_steps,
         keep=config.checkpoint.keep, async_save=config.checkpoint.async_save,
-        identity=task.identity)
+        identity=task.identity, data_files=task.data_files)
+    ckpt.fingerprints()  # of the data as this run reads it
     init_rng, dropout_rng = jax.random.split(jax.random.key(config.seed))
     latest = ckpt.latest_step()
     if latest is not None:
-        ckpt.check_identity(latest)  # refuse before building anything big
+        ckpt.check_identity(latest, unreadable_ok=True)  # refuse before building anything big
     initial = task.initial_params() if latest is None else None
     state, state_sh = create_train_state(model, tx, mesh, init_rng, init_params=initial)
     if latest is not None:
-        state = ckpt.restore(latest, checkpoints.abstract_like(state, state_sh), task.train_data)
-        log.info("resumed from %s at step %d", ckpt.directory, latest)
+        resumed, restored = ckpt.restore_latest(
+            checkpoints.abstract_like(state, state_sh), task.train_data,
+            allow_data_change=config.checkpoint.allow_data_change)
+        state = restored
+        log.info("resumed from %s at step %d", ckpt.directory, resumed)
     start = int(jax.device_get(state["step"]))
 
     # The compiled steps.
@@ -320,7 +330,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     end = min(config.stop_after_steps or config.total_steps, config.total_steps)
     try:
         for step in range(start, end):
-            batch = sharding.host_batch_to_global(next(task.train_data), batch_sh)
+            batch = next(task.train_data)
+            task.check_batch(batch, f"training batch of step {step + 1}: ")
+            batch = sharding.host_batch_to_global(batch, batch_sh)
             state, metrics = compiled(state, batch, dropout_rng)
             if pending is not None:
                 check(*pending)
@@ -348,9 +360,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             if task.eval_data is not None and (done % config.logging.eval_every_steps == 0
                                                or done == end):
                 with sharding.activation_context(mesh):
-                    ev = evaluate(eval_fn, state["params"], task.eval_data, batch_sh,
-                                  task.summarize, config.logging.eval_batches)
-                if ev:
+                    outputs = evaluation.eval_outputs(
+                        eval_fn, state["params"], task.eval_data, batch_sh,
+                        config.logging.eval_batches, check=task.check_batch)
+                if outputs:
+                    ev = task.summarize(outputs)
                     log.info("eval at step %d | %s", done,
                              " | ".join(f"{k} {v:.4g}" for k, v in ev.items()))
                     writer.write(done, "eval", ev)
@@ -363,8 +377,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 ckpt.save(done, state, task.train_data, force=True)
         if pending is not None:
             check(*pending)
-    finally:
+    except BaseException:
+        ckpt.close(quiet=True)  # the error under way is the one to report
+        raise
+    else:
         ckpt.close()
+    finally:
         writer.close()
     last["step"] = int(jax.device_get(state["step"]))
     last["params"] = state["params"]

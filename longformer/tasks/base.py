@@ -7,6 +7,9 @@ from typing import Any, Callable, Optional
 
 import flax.linen as nn
 
+from longformer.config import LongformerConfig
+from longformer.modeling import check_input_ids
+
 Params = Any
 Batch = dict  # name -> array, leading dimension the batch
 
@@ -48,3 +51,13 @@ class Task:
     tokenizer: Any = None
     predict: Optional[Callable[[list], list[dict]]] = None
     info: dict = dataclasses.field(default_factory=dict)  # sizes for the start-up log line
+    data_files: tuple = ()  # the files the data is read from (a resume checks they are the same)
+
+    def check_batch(self, batch: Batch, where: str = "") -> None:
+        """Refuses a host batch whose ids fall outside the model's tables (JAX would not: an
+        out-of-range gather reads a clamped or NaN row and training runs on)."""
+        config = getattr(self.model, "config", None)
+        if isinstance(config, LongformerConfig):
+            check_input_ids(config, where, **{k: batch[k] for k in
+                                              ("input_ids", "token_type_ids", "position_ids")
+                                              if k in batch})

@@ -27,6 +27,7 @@ import logging
 import math
 import os
 import zipfile
+import zlib
 
 import flax.linen as nn
 import grain
@@ -35,9 +36,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from longformer import checkpoints
+from longformer import checkpoints, corpus
 from longformer import data as data_lib
 from longformer.charlm import VOCAB_SIZE, CharLM
+from longformer.files import FileFormatError
 from longformer.losses import cross_entropy
 from longformer.tasks.base import Task
 from longformer.tasks.init_from import config_model as model_config
@@ -71,15 +73,25 @@ def read_corpus(path: str) -> np.ndarray:
     path = os.path.expanduser(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"data.path {path!r} is not a file (text8 / enwik8 or its .zip)")
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as z:
-            members = [m for m in z.infolist() if not m.is_dir()]
-            if len(members) != 1:
-                raise ValueError(f"{path} holds {len(members)} files; expected one (text8/enwik8)")
-            raw = z.read(members[0])
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if zipfile.is_zipfile(path) or magic == b"PK\x03\x04" or path.lower().endswith(".zip"):
+        # A damaged archive must not be read as if its compressed bytes were the text.
+        try:
+            with zipfile.ZipFile(path) as z:
+                members = [m for m in z.infolist() if not m.is_dir()]
+                if len(members) != 1:
+                    raise FileFormatError(f"{path}: holds {len(members)} files; expected one "
+                                          "(text8/enwik8)")
+                raw = z.read(members[0])
+        except (zipfile.BadZipFile, zlib.error, EOFError) as e:
+            raise FileFormatError(f"{path}: a corrupt or truncated zip archive ({e}); expected "
+                                  "text8/enwik8 or its .zip") from None
     else:
         with open(path, "rb") as f:
             raw = f.read()
+    if not raw:
+        raise FileFormatError(f"{path}: empty; expected text8/enwik8 or its .zip")
     return np.frombuffer(raw, dtype=np.uint8)
 
 
@@ -257,4 +269,6 @@ def build(config, workdir: str) -> Task:
         weight_fn=lambda batch: jnp.sum(jnp.ones_like(batch["targets"])),
         loss_fn=loss_fn, eval_fn=eval_fn, summarize=summarize, identity=identity(config),
         initial_params=initial_params,
-        info={"train bytes": len(splits["train"]), **info})
+        info={"train bytes": len(splits["train"]), **info},
+        data_files=((os.path.expanduser(config.data.path),) if config.data.path
+                    else tuple(corpus.default_corpus_files())))

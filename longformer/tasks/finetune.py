@@ -21,6 +21,7 @@ import dataclasses
 import functools
 import json
 import logging
+import os
 from typing import Any, Callable, Optional, Sequence
 
 import grain
@@ -82,20 +83,36 @@ def field(rec: dict, name: str, types, what: str = "") -> Any:
 
 def read_jsonl(path: str) -> list[dict]:
     """One JSON object per non-empty line, each tagged with `_where` = 'path:line'."""
+    if os.path.isdir(path):
+        raise DataError(f"{path}: a folder, not a JSON lines file")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: missing; expected a JSON lines file")
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = list(f)
+    except UnicodeDecodeError:
+        with open(path, "rb") as f:  # the text reader's error only knows its own chunk
+            raw = f.read()
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            line = raw.count(b"\n", 0, e.start) + 1
+            raise DataError(f"{path}:{line}: not UTF-8 text (byte {e.start}: {e.reason})"
+                            ) from None
+        raise
     out = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except ValueError as e:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({e})") from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got "
-                                f"{type(obj).__name__}")
-            obj["_where"] = f"{path}:{lineno}"
-            out.append(obj)
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError as e:
+            raise DataError(f"{path}:{lineno}: not valid JSON ({e})") from None
+        if not isinstance(obj, dict):
+            raise DataError(f"{path}:{lineno}: expected a JSON object, got "
+                            f"{type(obj).__name__}")
+        obj["_where"] = f"{path}:{lineno}"
+        out.append(obj)
     return out
 
 
@@ -368,4 +385,6 @@ def build(config, workdir: str, spec: Spec) -> Task:
         initial_params=init_from.init_fn(config, model, workdir),
         tokenizer=tokenizer,
         info={**spec.info(facts), **sizes("train", train_records, train_rows),
-              **sizes("eval", eval_records, evals and evals.rows), "global attention": mode})
+              **sizes("eval", eval_records, evals and evals.rows), "global attention": mode},
+        data_files=tuple(path for split in ("train", "eval") if config.data[f"{split}_file"]
+                         for path in data_lib.find_files(config.data[f"{split}_file"])))

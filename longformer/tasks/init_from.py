@@ -28,6 +28,7 @@ from longformer import config as config_lib
 from longformer import convert, hf_checkpoint
 from longformer.checkpoints import latest_step, restore_params
 from longformer.config import LongformerConfig
+from longformer.files import FileFormatError, read_json
 from longformer.layout import to_model_layout, unstack_layers
 from longformer.tokenizer import LongformerTokenizer
 
@@ -67,23 +68,35 @@ def source_kind(path: str) -> str:
     if not os.path.isfile(file):
         raise FileNotFoundError(f"init_from={path}: neither a train.py workdir (no checkpoints/) "
                                 "nor a transformers folder (no config.json)")
-    with open(file) as f:
-        model_type = json.load(f).get("model_type", "longformer")
+    model_type = read_json(file, "a transformers config.json").get("model_type", "longformer")
     return "roberta" if model_type in ("roberta",) else "longformer"
+
+
+_MODEL_CONFIG = "the model config train.py saved (model_config.json)"
+_RUN_CONFIG = "the config.json train.py saved in its workdir"
 
 
 def run_model_config(workdir: str) -> LongformerConfig:
     """The model config of a train.py run (its effective one for fine-tuning runs)."""
     effective = os.path.join(workdir, "model_config.json")
     if os.path.isfile(effective):
-        with open(effective) as f:
-            return LongformerConfig(**json.load(f))
-    with open(os.path.join(workdir, "config.json")) as f:
-        model = dict(json.load(f)["model"])
+        return _run_config(effective, read_json(effective, _MODEL_CONFIG), _MODEL_CONFIG)
+    file = os.path.join(workdir, "config.json")
+    model = read_json(file, _RUN_CONFIG).get("model")
+    if not isinstance(model, dict):
+        raise FileFormatError(f"{file}: no \"model\" object; expected {_RUN_CONFIG}")
+    model = dict(model)
     window = model.get("attention_window")
     if isinstance(window, list) and len(window) == 1:
         model["attention_window"] = window[0]
-    return LongformerConfig(**model)
+    return _run_config(file, model, _RUN_CONFIG)
+
+
+def _run_config(file: str, fields: dict, what: str) -> LongformerConfig:
+    try:
+        return LongformerConfig(**fields)
+    except (TypeError, ValueError) as e:  # an unknown field, or a value the config refuses
+        raise FileFormatError(f"{file}: {e}; expected {what}") from e
 
 
 def config_model(config, **overrides) -> LongformerConfig:
@@ -138,10 +151,10 @@ def model_config(config, **overrides) -> LongformerConfig:
         if kind == "run":
             source = run_model_config(resolve_run(config.init_from)[0])
         elif kind == "longformer":
-            source = LongformerConfig.from_pretrained(config.init_from)
+            source = hf_checkpoint.hf_config(config.init_from)
         else:
-            with open(os.path.join(config.init_from, "config.json")) as f:
-                roberta = json.load(f)
+            roberta = read_json(os.path.join(config.init_from, "config.json"),
+                                "a transformers RoBERTa config.json")
             rows = max(base.max_position_embeddings,
                        int(roberta.get("max_position_embeddings", 514)))
             source = LongformerConfig.from_hf_dict(convert.longformer_hf_config(

@@ -8,8 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from longformer import corpus, losses
 from longformer import data as data_lib
-from longformer import losses
 from longformer.modeling import LongformerForMaskedLM
 from longformer.tasks import init_from
 from longformer.tasks.base import Task
@@ -79,5 +79,7 @@ def build(config, workdir: str) -> Task:
         identity={"task": "mlm", "model": config.model.to_dict(), "seq_len": config.data.seq_len,
                   "batch_size": config.batch_size, "seed": config.seed},
         initial_params=init_from.init_fn(config, model, workdir, head=True), tokenizer=tokenizer,
+        data_files=tuple(data_lib.find_files(config.data.train_files)
+                         if config.data.train_files.strip() else corpus.default_corpus_files()),
         info={"train sequences per epoch": data.num_train_sequences,
               "eval sequences": data.num_eval_sequences})

@@ -27,7 +27,7 @@ import logging
 import jax.numpy as jnp
 import numpy as np
 
-from longformer import global_attention, losses, metrics
+from longformer import files, global_attention, losses, metrics
 from longformer.modeling import LongformerForQuestionAnswering
 from longformer.tasks import finetune, synthetic
 from longformer.tasks.base import Task
@@ -44,41 +44,68 @@ def _line(raw: str, needle: str, start: int) -> tuple[int, int]:
     return raw.count("\n", 0, at) + 1, at
 
 
+_SQUAD = 'SQuAD-format JSON ({"data": [{"paragraphs": [{"context", "qas"}]}]}) or JSON lines'
+
+
+def _listed(path: str, parent: dict, key: str, pointer: str) -> list:
+    value = parent.get(key)
+    if not isinstance(value, list):
+        got = "missing" if key not in parent else f"{files.json_type(value)}, not a list"
+        name = f"{pointer}.{key}" if pointer else key
+        raise finetune.DataError(f"{path}: {name} is {got}; expected {_SQUAD}")
+    return value
+
+
+def _object(path: str, value, pointer: str) -> dict:
+    if not isinstance(value, dict):
+        raise finetune.DataError(f"{path}: {pointer} is {files.json_type(value)}, not an "
+                                 f"object; expected {_SQUAD}")
+    return value
+
+
 def read_squad(path: str) -> list[dict]:
     """Flat question records from a SQuAD-format .json file, a JSON list, or JSON lines."""
     if path.endswith(".jsonl"):
         return finetune.read_jsonl(path)
-    with open(path, encoding="utf-8") as f:
-        raw = f.read()
+    raw = files.read_text(path, _SQUAD)
     try:
         doc = json.loads(raw)
-    except ValueError:
-        return finetune.read_jsonl(path)  # JSON lines under another name (or a clear error)
+    except json.JSONDecodeError as e:
+        first = next(line for line in raw.splitlines() if line.strip())
+        try:
+            json.loads(first)
+        except ValueError:  # not JSON lines either: the whole-file error says where it broke
+            raise finetune.DataError(f"{path}: not valid JSON (line {e.lineno} column {e.colno}: "
+                                     f"{e.msg}); expected {_SQUAD}") from None
+        return finetune.read_jsonl(path)  # JSON lines under another name
     if isinstance(doc, list):
         for i, rec in enumerate(doc):
-            if not isinstance(rec, dict):
-                raise finetune.DataError(f"{path}: item {i} is not an object")
-            rec["_where"] = f"{path} (item {i})"
+            _object(path, rec, f"item {i}")["_where"] = f"{path} (item {i})"
         return doc
-    if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
-        raise finetune.DataError(f"{path}: a SQuAD file needs a top-level \"data\" list")
+    if not isinstance(doc, dict) or "data" not in doc:
+        raise finetune.DataError(f"{path}: a SQuAD file needs a top-level \"data\" list; it holds "
+                                 f"{files.json_type(doc)}" + (f" with keys {sorted(doc)[:8]}"
+                                                               if isinstance(doc, dict) else ""))
     out, cursor = [], 0
-    for i, article in enumerate(doc["data"]):
-        for j, para in enumerate(article.get("paragraphs", []) if isinstance(article, dict)
-                                 else []):
-            context = para.get("context") if isinstance(para, dict) else None
-            for k, qa in enumerate(para.get("qas", []) if isinstance(para, dict) else []):
-                if not isinstance(qa, dict):
-                    raise finetune.DataError(f"{path}: data[{i}].paragraphs[{j}].qas[{k}] is not "
-                                             "an object")
-                pointer = f"data[{i}].paragraphs[{j}].qas[{k}]"
+    for i, article in enumerate(_listed(path, doc, "data", "")):
+        article = _object(path, article, f"data[{i}]")
+        for j, para in enumerate(_listed(path, article, "paragraphs", f"data[{i}]")):
+            where = f"data[{i}].paragraphs[{j}]"
+            para = _object(path, para, where)
+            context = para.get("context")
+            if not isinstance(context, str):
+                got = "missing" if "context" not in para else files.json_type(context)
+                raise finetune.DataError(f"{path}: {where}.context is {got}; expected the "
+                                         "paragraph's text (a string)")
+            for k, qa in enumerate(_listed(path, para, "qas", where)):
+                pointer = f"{where}.qas[{k}]"
+                qa = _object(path, qa, pointer)
                 line = 0
                 if "id" in qa:
                     line, cursor = _line(raw, json.dumps(qa["id"]), cursor)
                 rec = {**qa, "_where": f"{path}:{line} ({pointer}, id {qa.get('id')!r})"
                        if line else f"{path} ({pointer})"}
-                if context is not None:
-                    rec["context"] = context
+                rec["context"] = context
                 out.append(rec)
     return out
 
@@ -111,6 +138,10 @@ def answer_spans(rec: dict) -> tuple[list[str], list[tuple[int, int]]]:
             if not isinstance(start, int) or isinstance(start, bool) or start < 0:
                 raise finetune.DataError(f"{where}: answer_start {start!r} is not a character "
                                          "position")
+            if start + len(text) > len(context):
+                raise finetune.DataError(
+                    f"{where}: answer {text!r} at answer_start={start} runs past the end of "
+                    f"the context ({len(context)} characters)")
             if context[start:start + len(text)] != text:
                 raise finetune.DataError(
                     f"{where}: answer {text!r} is not at answer_start={start} in the context "
