@@ -59,12 +59,20 @@ def finetune(task: str, *, seq_len: int, windows: Sequence[int]) -> ml_collectio
         attention_probs_dropout_prob=0.1, max_position_embeddings=seq_len + 2, type_vocab_size=1,
         initializer_range=0.02, layer_norm_eps=1e-5, attention_window=tuple(windows),
         pad_token_id=1, bos_token_id=0, eos_token_id=2, sep_token_id=2,
-        dtype="float32", param_dtype="float32", max_global_tokens=1, remat="none",
+        dtype="float32", param_dtype="float32", max_global_tokens=1, max_segments=16, remat="none",
         attention_block_size=0, attention_impl="auto", platform="auto"))
     c.data = ml_collections.ConfigDict(dict(
         train_file="",  # comma-separated globs; '' generates the synthetic task
         eval_file="",
         seq_len=seq_len,  # tokens per model input, <s> and separators included
+        # Pack several examples per row of seq_len (no compute on padding, no attention across
+        # examples): at most model.max_segments examples and model.max_global_tokens global
+        # tokens (the budget of the whole row: raise it) per row; batch_size then counts rows.
+        # Losses and metrics are the unpacked ones. Not for multiple choice.
+        packing=False,
+        # eval.py only: eval rows batched by length and cut to window * 2^k (bucketing.py);
+        # the same predictions, metrics up to float rounding. The training loop never buckets.
+        eval_bucketing=True,
         worker_threads=1,
         prefetch_batches=4,
         synthetic=ml_collections.ConfigDict(dict(num_train=2000, num_eval=256, num_words=200)),

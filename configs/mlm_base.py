@@ -8,6 +8,12 @@ Face convention: 256 keys each side), batch 64 sequences = 2^18 tokens, AdamW at
     python train.py --config=configs/mlm_base.py --workdir=runs/mlm_base \
         --config.init_from=/path/to/roberta-base --config.data.train_files='corpus/*.jsonl'
 
+Documents are concatenated across row boundaries as in the paper, which continues RoBERTa's
+pretraining and so keeps RoBERTa's FULL-SENTENCES packing (`data.separate_documents=False`).
+`--config.data.separate_documents=True` adds segment ids so that no token attends into another
+document (same rows, same masks; see longformer/data.py); nothing measured here says it is
+better, so it is not the default.
+
 Without `init_from` the model starts from random weights. Any field can be overridden, e.g.
 `--config.optimizer.learning_rate=1e-4 --config.model.attention_window=256`.
 """

@@ -121,13 +121,16 @@ def global_attention(
 ):
     """The global tokens' own rows: q_global (B, G, H, D) against every key where key_mask holds.
 
+    key_mask: (B, N) bool, or (B, G, N) for a mask of its own per global token (packed rows:
+        the keys of its segment).
     k, v: (B, N, H, D) projected keys and values, or k a `GlobalProjection` (and v None).
     upcast: run the factored matmuls in float32 (for XLA:CPU, which has no low-precision kernel
         with float32 results for some of their layouts); otherwise they run in the input's
         dtype with float32 results.
     Returns out (B, G, H, D) and the weights (B, H, G, N). O(N * G).
     """
-    mask = [key_mask.astype(bool)[:, None, None, :]]
+    key_mask = key_mask.astype(bool)
+    mask = [key_mask[:, None, None, :] if key_mask.ndim == 2 else key_mask[:, None]]
     if not isinstance(k, GlobalProjection):
         scores = jnp.einsum("bghd,bnhd->bhgn", q_global, k, preferred_element_type=jnp.float32)
         (probs,) = _masked_softmax([scores], mask)
@@ -175,6 +178,7 @@ def longformer_attention(
         return_probs: bool = False,
         loop: bool = False,
         upcast_global: bool = False,
+        segment_ids: jax.Array | None = None,
 ):
     """The reference's full self-attention: band + global columns, global rows recomputed.
 
@@ -188,6 +192,9 @@ def longformer_attention(
         k_global, v_global: (B, N, H, D) `key_global` / `value_global` of every token, or
             k_global a `GlobalProjection` and v_global None.
         loop: the band's layout (`band_attention`); upcast_global: `global_attention`'s upcast.
+        segment_ids: (B, N) int for packed rows: attention stays within a segment, in the band
+            and through global tokens (a global token sees, and is seen by, its own segment);
+            None: each row is one sequence.
 
     Returns out (B, N, H, D); with return_probs (out, local weights (B, H, N, G + left + right + 1)
     with global rows zeroed, global weights (B, H, N, G) or None without global tokens).
@@ -197,7 +204,8 @@ def longformer_attention(
     rngs = (jax.random.split(dropout_rng) if dropout_rng is not None else (None, None))
     if not use_global:
         result = dilated_band_attention(q, k, v, attention_mask, left=left, right=right,
-                                        dilation=dilation, query_mask=attention_mask, block=block,
+                                        dilation=dilation, query_mask=attention_mask,
+                                        segments=segment_ids, block=block,
                                         dropout_rate=dropout_rate, dropout_rng=rngs[0],
                                         return_probs=return_probs, loop=loop)
         return (*result, None) if return_probs else result
@@ -208,15 +216,20 @@ def longformer_attention(
     # Global tokens leave the band (they come back as the extra columns, counted once).
     is_global = scatter_rows(jnp.zeros(attention_mask.shape, bool), globals_.index, valid,
                              jnp.ones(globals_.index.shape, bool))
+    global_segments = (None if segment_ids is None
+                       else gather_rows(segment_ids.astype(jnp.int32), globals_.index))
     result = dilated_band_attention(
             q, k, v, attention_mask & ~is_global, left=left, right=right, dilation=dilation,
             query_mask=attention_mask,
             extra_k=gather_rows(k, globals_.index), extra_v=gather_rows(v, globals_.index),
-            extra_mask=globals_.valid, block=block, dropout_rate=dropout_rate, dropout_rng=rngs[0],
+            extra_mask=globals_.valid, segments=segment_ids, extra_segments=global_segments,
+            block=block, dropout_rate=dropout_rate, dropout_rng=rngs[0],
             return_probs=return_probs, loop=loop)
     out, local_probs = result if return_probs else (result, None)
 
-    g_out, g_probs = global_attention(q_global, k_global, v_global, attention_mask,
+    g_out, g_probs = global_attention(q_global, k_global, v_global,
+                                      _global_row_keys(attention_mask, segment_ids,
+                                                       global_segments),
                                       dropout_rate=dropout_rate, dropout_rng=rngs[1],
                                       upcast=upcast_global)
     out = scatter_rows(out, globals_.index, globals_.valid, g_out)
@@ -225,6 +238,13 @@ def longformer_attention(
     local_probs = jnp.where(is_global[:, None, :, None], 0.0, local_probs)
     g_probs = jnp.where(globals_.valid[:, None, :, None], g_probs, 0.0)
     return out, local_probs, g_probs.transpose(0, 1, 3, 2)
+
+
+def _global_row_keys(attention_mask, segment_ids, global_segments):
+    """The keys a global row sees: every real token, or (packed rows) those of its segment."""
+    if segment_ids is None:
+        return attention_mask
+    return attention_mask[:, None, :] & (segment_ids[:, None, :] == global_segments[:, :, None])
 
 
 def dense_longformer_attention(
@@ -244,6 +264,7 @@ def dense_longformer_attention(
         dropout_rng: jax.Array | None = None,
         return_probs: bool = False,
         upcast_global: bool = False,
+        segment_ids: jax.Array | None = None,
 ):
     """`longformer_attention` computed densely with an (N, N) mask: a BASELINE for benchmarks.
 
@@ -267,6 +288,8 @@ def dense_longformer_attention(
     mask = band[None] & keys[:, None, :]
     if use_global:
         mask = mask | is_global[:, None, :]
+    if segment_ids is not None:
+        mask = mask & (segment_ids[:, :, None] == segment_ids[:, None, :])
     scores = jnp.einsum("bihd,bjhd->bhij", q, k, preferred_element_type=jnp.float32)
     (probs,) = _masked_softmax([scores], [mask[:, None]])
     probs = jnp.where(attention_mask[:, None, :, None], probs, 0.0)
@@ -275,7 +298,10 @@ def dense_longformer_attention(
                      preferred_element_type=jnp.float32).astype(v.dtype)
     if not use_global:
         return out
-    g_out, _ = global_attention(q_global, k_global, v_global, attention_mask,
+    global_segments = (None if segment_ids is None
+                       else gather_rows(segment_ids, globals_.index))
+    g_out, _ = global_attention(q_global, k_global, v_global,
+                                _global_row_keys(attention_mask, segment_ids, global_segments),
                                 dropout_rate=dropout_rate, dropout_rng=rngs[1],
                                 upcast=upcast_global)
     return scatter_rows(out, globals_.index, globals_.valid, g_out)

@@ -49,6 +49,10 @@ class _Band(NamedTuple):
     keys_ok: jax.Array  # (B, left + nb * block + right) bool
     rows_ok: jax.Array  # (B, nb * block) bool
     extra_ok: jax.Array | None  # (B, 1, 1, G) bool
+    # Packed rows: a query sees only keys (and extra columns) of its own segment.
+    q_seg: jax.Array | None = None  # (B, nb * block) int
+    k_seg: jax.Array | None = None  # (B, left + nb * block + right) int
+    extra_seg: jax.Array | None = None  # (B, G) int
 
 
 def _block(band: _Band, i, *, block: int, width: int, rate: float, rng):
@@ -63,10 +67,17 @@ def _block(band: _Band, i, *, block: int, width: int, rate: float, rng):
     offset = jnp.arange(span)[None, :] - jnp.arange(block)[:, None]  # key - query + left
     masks = [((offset >= 0) & (offset < width))[None, None]
              & lax.dynamic_slice_in_dim(band.keys_ok, start, span, axis=1)[:, None, None, :]]
+    extra_ok = band.extra_ok
+    if band.q_seg is not None:
+        q_seg = lax.dynamic_slice_in_dim(band.q_seg, start, block, axis=1)[:, :, None]
+        k_seg = lax.dynamic_slice_in_dim(band.k_seg, start, span, axis=1)[:, None, :]
+        masks[0] = masks[0] & (q_seg == k_seg)[:, None]
+        if extra_ok is not None:
+            extra_ok = extra_ok & (q_seg == band.extra_seg[:, None, :])[:, None]
     if band.extra_k_t is not None:
         keys.insert(0, band.extra_k_t)
         values.insert(0, band.extra_v)
-        masks.insert(0, band.extra_ok)
+        masks.insert(0, extra_ok)
     scores = [jnp.where(m, jnp.einsum("bhcd,bhds->bhcs", q, k, preferred_element_type=jnp.float32),
                         _NEG) for k, m in zip(keys, masks)]
     # The peak's floor makes a row with no visible key give exp(-1e30 + 1e20) = 0 everywhere,
@@ -180,7 +191,7 @@ def _band_loop_bwd(block, width, rate, length, res, d_out):
     cast = lambda d, x: None if x is None else d.astype(x.dtype)  # noqa: E731
     d_band = _Band(cast(d_q, band.q), cast(d_k_t, band.k_t), cast(d_v, band.v),
                    cast(d_extra_k_t, band.extra_k_t), cast(d_extra_v, band.extra_v),
-                   None, None, None)
+                   None, None, None, None, None, None)
     return d_band, None
 
 
@@ -213,6 +224,8 @@ def band_attention(
         extra_k: jax.Array | None = None,
         extra_v: jax.Array | None = None,
         extra_mask: jax.Array | None = None,
+        segments: jax.Array | None = None,
+        extra_segments: jax.Array | None = None,
         block: int | None = None,
         dropout_rate: float = 0.0,
         dropout_rng: jax.Array | None = None,
@@ -241,6 +254,9 @@ def band_attention(
         query_mask: (B, N) bool; rows where it is False come out zero (padding rows).
         extra_k, extra_v: (B, G, H, D) keys every query also sees (the global tokens' local
             projections), with extra_mask (B, G) bool. They share the band's softmax.
+        segments: (B, N) int, for packed rows: query i sees only keys j (and extra columns g)
+            with segments[j] == segments[i] (extra_segments[g] == segments[i]); None: one
+            segment per row, and no comparison is made.
         block: query block size (None: `default_block_size`).
         return_probs: also return the weights as (B, H, N, G + left + right + 1): the extra columns
             first, then the band, the query itself at column G + left.
@@ -270,6 +286,12 @@ def band_attention(
         rows_ok=jnp.pad(jnp.ones((batch, length), bool) if query_mask is None
                         else query_mask.astype(bool), ((0, 0), (0, tail))),
         extra_ok=extra_mask.astype(bool)[:, None, None, :] if use_extra else None)
+    if segments is not None:
+        segments = segments.astype(jnp.int32)
+        band = band._replace(
+            q_seg=jnp.pad(segments, ((0, 0), (0, tail))),
+            k_seg=jnp.pad(segments, ((0, 0), (left, tail + right))),
+            extra_seg=extra_segments.astype(jnp.int32) if use_extra else None)
     rate = float(dropout_rate) if dropout_rng is not None else 0.0
 
     if not return_probs:
@@ -338,13 +360,15 @@ def _take_heads(x: jax.Array | None, heads: list[int]) -> jax.Array | None:
 
 
 def _dilated_band_one(q, k, v, key_mask, *, left, right, dilation, query_mask, extra_k, extra_v,
-                      extra_mask, block, dropout_rate, dropout_rng, return_probs, loop):
+                      extra_mask, segments, extra_segments, block, dropout_rate, dropout_rng,
+                      return_probs, loop):
     """`dilated_band_attention` with one dilation for every head given."""
     length = q.shape[1]
     if dilation == 1:
         return band_attention(q, k, v, key_mask, left=left, right=right, query_mask=query_mask,
                               extra_k=extra_k, extra_v=extra_v, extra_mask=extra_mask,
-                              block=block, dropout_rate=dropout_rate, dropout_rng=dropout_rng,
+                              segments=segments, extra_segments=extra_segments, block=block,
+                              dropout_rate=dropout_rate, dropout_rng=dropout_rng,
                               return_probs=return_probs, loop=loop)
 
     def per_example(x):  # the extra (global) keys are shared by an example's d subsequences
@@ -359,7 +383,9 @@ def _dilated_band_one(q, k, v, key_mask, *, left, right, dilation, query_mask, e
         _interleave(key_mask.astype(bool), dilation), left=sub_left, right=sub_right,
         query_mask=None if query_mask is None else _interleave(query_mask.astype(bool), dilation),
         extra_k=per_example(extra_k), extra_v=per_example(extra_v),
-        extra_mask=per_example(extra_mask), block=block, dropout_rate=dropout_rate,
+        extra_mask=per_example(extra_mask),
+        segments=None if segments is None else _interleave(segments, dilation),
+        extra_segments=per_example(extra_segments), block=block, dropout_rate=dropout_rate,
         dropout_rng=dropout_rng, return_probs=return_probs, loop=loop)
     if not return_probs:
         return _deinterleave(result, dilation, length)
@@ -383,6 +409,8 @@ def dilated_band_attention(
     extra_k: jax.Array | None = None,
     extra_v: jax.Array | None = None,
     extra_mask: jax.Array | None = None,
+    segments: jax.Array | None = None,
+    extra_segments: jax.Array | None = None,
     block: int | None = None,
     dropout_rate: float = 0.0,
     dropout_rng: jax.Array | None = None,
@@ -404,7 +432,8 @@ def dilated_band_attention(
     heads = q.shape[2]
     per_head = layer_dilation(dilation, heads)
     kwargs = dict(left=left, right=right, query_mask=query_mask, extra_mask=extra_mask,
-                  block=block, dropout_rate=dropout_rate, return_probs=return_probs, loop=loop)
+                  segments=segments, extra_segments=extra_segments, block=block,
+                  dropout_rate=dropout_rate, return_probs=return_probs, loop=loop)
     groups = sorted(set(per_head))
     if len(groups) == 1:
         return _dilated_band_one(q, k, v, key_mask, dilation=groups[0], extra_k=extra_k,

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from longformer import attention as attn_op
+from longformer import segments
 from longformer.config import LongformerConfig
 from longformer.layers import REMAT_POLICIES, Dense, DenseParams, Embed, LayerNorm, activation, concrete, linear
 from longformer.modeling import ResolvedModule
@@ -47,14 +48,16 @@ def geometric_windows(first: int, last: int, layers: int, multiple: int = 32) ->
 
 
 def rotary(x: jax.Array, positions: jax.Array, base: float = 10000.0) -> jax.Array:
-    """Rotates pairs of features of x (B, N, H, D) by position-dependent angles (RoPE).
+    """Rotates pairs of features of x (B, N, H, D) by position-dependent angles (RoPE);
+    positions (N,), or (B, N) for packed rows (restarting at each sequence).
 
     q_i . k_j then depends on positions only through i - j: relative positions for free.
     """
     half = x.shape[-1] // 2
     freq = base ** (-np.arange(half, dtype=np.float32) / half)
-    angle = positions.astype(jnp.float32)[:, None] * freq[None, :]  # (N, D/2)
-    sin, cos = jnp.sin(angle)[None, :, None, :], jnp.cos(angle)[None, :, None, :]
+    angle = positions.astype(jnp.float32)[..., None] * freq  # ([B,] N, D/2)
+    angle = angle if angle.ndim == 3 else angle[None]
+    sin, cos = jnp.sin(angle)[:, :, None, :], jnp.cos(angle)[:, :, None, :]
     x32 = x.astype(jnp.float32)
     x1, x2 = x32[..., :half], x32[..., half:]
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
@@ -66,7 +69,7 @@ class CharLMAttention(nn.Module):
     layer_index: int
 
     @nn.compact
-    def __call__(self, x, positions, deterministic=True):
+    def __call__(self, x, positions, segment_ids=None, deterministic=True):
         cfg = self.config
         batch, length, hidden = x.shape
         heads, dim = cfg.num_attention_heads, cfg.head_dim
@@ -83,8 +86,9 @@ class CharLMAttention(nn.Module):
         left, right = cfg.layer_extents[self.layer_index]
         rate = cfg.attention_probs_dropout_prob
         rng = None if deterministic or rate == 0.0 else self.make_rng("dropout")
+        keys = jnp.ones((batch, length), bool) if segment_ids is None else segment_ids > 0
         out = attn_op.dilated_band_attention(
-            q, k, v, jnp.ones((batch, length), bool), left=left, right=right,
+            q, k, v, keys, left=left, right=right, segments=segment_ids,
             dilation=cfg.layer_dilations[self.layer_index], block=cfg.attention_block_size or None,
             dropout_rate=rate, dropout_rng=rng, loop=cfg.band_impl == "loop")
         return Dense(hidden, cfg, ("heads", "embed"), name="output")(out.reshape(batch, length,
@@ -97,12 +101,13 @@ class CharLMLayer(nn.Module):
     layer_index: int
 
     @nn.compact
-    def __call__(self, x, positions, deterministic=True):
+    def __call__(self, x, positions, segment_ids=None, deterministic=True):
         cfg = self.config
         x = nn.with_logical_constraint(x, ("batch", "length", "embed"))
         drop = nn.Dropout(cfg.hidden_dropout_prob)
         h = LayerNorm(cfg, name="attention_norm")(x)
-        h = CharLMAttention(cfg, self.layer_index, name="attention")(h, positions, deterministic)
+        h = CharLMAttention(cfg, self.layer_index, name="attention")(h, positions, segment_ids,
+                                                                     deterministic)
         x = x + drop(h, deterministic=deterministic)
         h = LayerNorm(cfg, name="mlp_norm")(x)
         h = Dense(cfg.intermediate_size, cfg, ("embed", "mlp"), name="mlp_in")(h)
@@ -116,12 +121,14 @@ class CharLM(ResolvedModule):
 
     `model.apply(params, input_ids, deterministic=False, rngs={'dropout': key})` for training.
     `global_attention_mask` is accepted only because the generic initialiser passes an all-zero
-    one: a causal model has no global attention (see `LongformerConfig`).
+    one: a causal model has no global attention (see `LongformerConfig`). `segment_ids`
+    (B, N) packs several texts in a row, as for the other models: none sees another.
     """
     config: LongformerConfig
 
     @nn.compact
-    def __call__(self, input_ids, deterministic=True, global_attention_mask=None):
+    def __call__(self, input_ids, deterministic=True, global_attention_mask=None,
+                 segment_ids=None):
         cfg = self.config
         if not cfg.causal:
             raise ValueError("CharLM is autoregressive: its config needs causal=True")
@@ -131,12 +138,15 @@ class CharLM(ResolvedModule):
         x = Embed(cfg.vocab_size, cfg, name="embed")(input_ids)
         x = nn.Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
         positions = jnp.arange(input_ids.shape[1])
+        if segment_ids is not None:
+            segment_ids = jnp.asarray(segment_ids).astype(jnp.int32)
+            positions = segments.count_within(jnp.ones_like(segment_ids), segment_ids) - 1
         layer_cls = CharLMLayer
         if cfg.remat != "none":  # arguments count `self` as 0: deterministic is static
             layer_cls = nn.remat(CharLMLayer, policy=REMAT_POLICIES[cfg.remat],
-                                 static_argnums=(3,))
+                                 static_argnums=(4,))
         for i in range(cfg.num_hidden_layers):
-            x = layer_cls(cfg, i, name=f"layer_{i}")(x, positions, deterministic)
+            x = layer_cls(cfg, i, name=f"layer_{i}")(x, positions, segment_ids, deterministic)
         x = LayerNorm(cfg, name="final_norm")(x)
         return Dense(cfg.vocab_size, cfg, ("embed", "vocab"), name="lm_head")(x)
 

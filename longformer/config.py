@@ -78,6 +78,7 @@ class LongformerConfig:
     dtype: str = "float32"  # compute dtype of matmuls; softmax, LayerNorm statistics: float32
     param_dtype: str = "float32"
     max_global_tokens: int = 64  # static per-example budget of global tokens; 0: no global path
+    max_segments: int = 16  # static per-row slots of packed heads' outputs (segment_ids)
     remat: str = "none"  # rematerialisation per layer: none | minimal | full | dots | dots_no_batch
     attention_block_size: int = 0  # query block of the banded op; 0 picks one from the window
     scan_layers: bool = False  # lax.scan over runs of layers sharing a window (compile time)
@@ -129,6 +130,8 @@ class LongformerConfig:
             fail(f"remat {self.remat!r} is not one of {REMAT_POLICIES}")
         if self.max_global_tokens < 0:
             fail(f"max_global_tokens must be >= 0, got {self.max_global_tokens}")
+        if not isinstance(self.max_segments, int) or self.max_segments < 1:
+            fail(f"max_segments must be a positive int, got {self.max_segments!r}")
         if self.attention_impl not in ATTENTION_IMPLS:
             fail(f"attention_impl {self.attention_impl!r} is not one of {ATTENTION_IMPLS}")
         if self.platform not in PLATFORMS + tuple(_PLATFORM_ALIASES):

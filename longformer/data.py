@@ -22,6 +22,20 @@ padded with ``<pad>`` (attention_mask 0, never masked) so a small eval set is no
 ids that the tokenizer may produce for literal text such as "<s>" are removed from the documents
 before packing, so specials only ever appear where the packer put them.
 
+Documents kept apart (``separate_documents``)
+---------------------------------------------
+Off by default: the paper continues RoBERTa's pretraining, and RoBERTa packs FULL-SENTENCES
+across document boundaries (a token may attend into the previous document, with ``</s>`` between
+them); the default keeps that, bit for bit. With ``separate_documents=True`` the rows are the
+same (same tokens, same masks) and each example also carries ``segment_ids``: 1, 2, ... for the
+document pieces of its row in order, 0 for padding. A piece runs from its first token through the
+``</s>`` that ends its document; the row's ``<s>`` belongs to the first piece and the row's final
+``</s>`` to the last. The model keeps attention within a piece and restarts positions at each
+(``LongformerModel``), so no token sees another document, and no compute is spent on padding (a
+row holds as many pieces as fit). No measurement here says one is better for MLM, so the default
+stays the paper's. The MLM head is per token: a row may hold any number of pieces
+(``model.max_segments`` only sizes the per-sequence heads).
+
 Held-out split
 --------------
 A deterministic fraction ``eval_fraction`` of DOCUMENTS (a permutation seeded with ``eval_seed``,
@@ -38,7 +52,8 @@ become ``<mask>``, 10% a random token drawn uniformly from the non-special vocab
 epoch (the index of an example in the repeated stream differs), as in RoBERTa.
 
 Each example is a dict of int32 arrays of shape [seq_len]: ``input_ids``, ``attention_mask``
-(1 for real tokens, 0 for ``<pad>``) and ``labels``; batches have shape [per_host_batch, seq_len]
+(1 for real tokens, 0 for ``<pad>``), ``labels`` (and ``segment_ids`` with
+``separate_documents``); batches have shape [per_host_batch, seq_len]
 with ``per_host_batch = global_batch_size // process_count``.
 
 Host sharding
@@ -71,6 +86,8 @@ Data config fields (``default_data_config()``)
   eval_seed        int: seed of the held-out split and of the fixed eval masking (0).
   num_epochs       int: passes over the train set; 0 repeats forever (0).
   max_documents    int: use only the first N documents (after reading; 0 = all).
+  separate_documents bool: add ``segment_ids`` so no token attends across a document boundary
+                   (False: the paper's / RoBERTa's packing across documents; see above).
   worker_threads   int: grain reader threads (4).
   prefetch_batches int: batches grain prefetches (8).
 
@@ -108,6 +125,7 @@ __all__ = [
     "default_corpus_documents",
     "default_corpus_files",
     "default_data_config",
+    "document_segments",
     "find_files",
     "load_documents",
     "make_mlm_datasets",
@@ -134,6 +152,7 @@ def default_data_config():
         eval_seed=0,
         num_epochs=0,
         max_documents=0,
+        separate_documents=False,
         worker_threads=4,
         prefetch_batches=8,
     ))
@@ -378,6 +397,37 @@ def pack_sequences(token_lists: Iterable[Sequence[int]], seq_len: int, *, bos_id
     return out
 
 
+def document_segments(rows: np.ndarray, *, eos_id: int, pad_id: int) -> np.ndarray:
+    """Segment ids of packed rows ``<s> chunk </s> <pad>...`` (``pack_sequences``' layout): one
+    id per document piece, 1, 2, ... in order, 0 for padding (see the module docstring).
+
+    Every ``</s>`` inside a chunk ends a document (the documents hold no special ids), so a new
+    piece starts right after each one, except at the row's own final ``</s>``, which stays with
+    the piece before it. Works on one row or a batch (the last axis is the sequence).
+    """
+    rows = np.asarray(rows)
+    real = rows != pad_id
+    last = real.sum(-1, keepdims=True) - 1  # the row's final </s> (padding is on the right)
+    after_eos = np.zeros_like(real)
+    after_eos[..., 1:] = rows[..., :-1] == eos_id
+    starts = after_eos & (np.arange(rows.shape[-1]) < last)
+    return ((1 + np.cumsum(starts, axis=-1)) * real).astype(np.int32)
+
+
+class _DocumentSegments(grain.transforms.Map):
+    """grain map: adds ``segment_ids`` to a masked example, from its unmasked ids (the labels
+    hold the originals where the masking changed a token)."""
+
+    def __init__(self, *, eos_id: int, pad_id: int):
+        self.eos_id, self.pad_id = int(eos_id), int(pad_id)
+
+    def map(self, element):
+        labels = element["labels"]
+        original = np.where(labels != IGNORE_INDEX, labels, element["input_ids"])
+        return {**element, "segment_ids": document_segments(original, eos_id=self.eos_id,
+                                                            pad_id=self.pad_id)}
+
+
 def _doc_stream(token_lists: Iterable[Sequence[int]], eos_id: int) -> np.ndarray:
     pieces = []
     eos = np.asarray([eos_id], dtype=np.int32)
@@ -517,11 +567,16 @@ def make_mlm_datasets(config: Any, tokenizer: Any, *, seed: int, global_batch_si
     logger.info("MLM data: %d train docs -> %d sequences of %d tokens; %d eval docs -> %d sequences",
                 len(train_docs), n_train, seq_len, len(eval_docs), len(eval_seqs))
     masking = MLMMasking.from_tokenizer(tokenizer, mlm_probability)
+    # After the masking, so the masks (and the default pipeline) are the same either way.
+    segmenter = (_DocumentSegments(eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id)
+                 if _opt(config, "separate_documents") else None)
 
     # --- train: the same global stream on every host, then a strided host shard.
     train_ds = grain.MapDataset.source(train_seqs).shuffle(seed=_derived_seed(seed, 1))
     train_ds = train_ds.repeat(num_epochs if num_epochs > 0 else None)
     train_ds = train_ds.random_map(masking, seed=_derived_seed(seed, 2))
+    if segmenter is not None:
+        train_ds = train_ds.map(segmenter)
     if num_epochs > 0:
         usable = (n_train * num_epochs // global_batch_size) * global_batch_size
         if usable == 0:
@@ -540,6 +595,8 @@ def make_mlm_datasets(config: Any, tokenizer: Any, *, seed: int, global_batch_si
         all_eval = np.concatenate([eval_seqs, filler])
         num_eval_batches = len(all_eval) // global_batch_size
         eval_ds = grain.MapDataset.source(all_eval).random_map(masking, seed=_derived_seed(eval_seed, 3))
+        if segmenter is not None:
+            eval_ds = eval_ds.map(segmenter)
         eval_ds = eval_ds[process_index::process_count].batch(per_host, drop_remainder=True)
         eval_dataset = eval_ds.to_iter_dataset(read_options)
     elif float(_opt(config, "eval_fraction")) > 0:

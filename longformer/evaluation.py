@@ -5,7 +5,9 @@ parameters are read, never the optimizer state) or a transformers folder (a fine
 Longformer; its head is loaded when present). The task is built from the config exactly as
 training builds it, and the eval pass is the one the training loop runs (the same batches, the
 same jitted `eval_fn`, the same `summarize`, and `logging.eval_batches` batches), so a run's
-last eval line is reproduced.
+last eval line is reproduced (up to float rounding: eval.py runs fine-tuning eval rows in length
+buckets, `bucketing.py`, unless `data.eval_bucketing=False` or `--nobucketing`; the predictions
+are the same).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from longformer import checkpoints, hf_checkpoint, sharding, tasks
+from longformer import bucketing, checkpoints, hf_checkpoint, sharding, tasks
 from longformer.files import read_json
 from longformer.tasks import init_from
 
@@ -67,27 +69,47 @@ def _check_identity(saved: dict | None, task: tasks.Task, checkpoint: str) -> No
         raise ValueError(f"{checkpoint} does not match the config:\n  " + "\n  ".join(problems))
 
 
-def eval_outputs(eval_fn, params, dataset, batch_sharding, max_batches: int = 0,
-                 check=None) -> list:
-    """Host outputs of `eval_fn` over one pass of `dataset` (its first max_batches batches);
-    `check(batch, where)` (the task's `check_batch`) sees each host batch first."""
-    outputs = []
+def _host_batches(dataset, max_batches: int, check):
+    """The first max_batches batches of one pass (all with 0), each seen by `check` first."""
     for i, batch in enumerate(dataset):
         if max_batches and i >= max_batches:
-            break
+            return
         if check is not None:
             check(batch, f"eval batch {i}: ")
-        outputs.append(eval_fn(params, sharding.host_batch_to_global(batch, batch_sharding)))
-    return [jax.tree.map(np.asarray, o) for o in jax.device_get(outputs)]
+        yield batch
+
+
+def eval_outputs(eval_fn, params, dataset, batch_sharding, max_batches: int = 0,
+                 check=None, buckets: bucketing.Buckets | None = None) -> list:
+    """Host outputs of `eval_fn` over one pass of `dataset` (its first max_batches batches);
+    `check(batch, where)` (the task's `check_batch`) sees each host batch first.
+
+    With `buckets` the pass's rows are regrouped by length and each batch cut to its bucket
+    (`bucketing.py`); the per-token outputs come back padded to seq_len, so the list reads the
+    same to `summarize` and `predict` (in another row order; they sort by `index`).
+    """
+    batches = _host_batches(dataset, max_batches, check)
+    if buckets is not None:
+        batches = bucketing.regroup(list(batches), buckets)
+    outputs = [eval_fn(params, sharding.host_batch_to_global(batch, batch_sharding))
+               for batch in batches]
+    host = [jax.tree.map(np.asarray, o) for o in jax.device_get(outputs)]
+    return host if buckets is None else [bucketing.restore(o, buckets) for o in host]
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, checkpoint: str, *,
-                        output_dir: str | None = None, step: int | None = None) -> dict[str, Any]:
+                        output_dir: str | None = None, step: int | None = None,
+                        bucketed: bool | None = None) -> dict[str, Any]:
     """Evaluates `checkpoint` on the config's eval data; writes and returns the metrics.
 
     Writes `eval_step_<step>.json` ({"checkpoint", "step", "task", "metrics"}) and, for
     fine-tuning tasks, `predictions_step_<step>.jsonl` into `output_dir` (default: the run's
     workdir, or `<folder>/eval` for a transformers folder).
+
+    `bucketed` (default: `config.data.eval_bucketing`, True when the config has none) runs the
+    eval pass in length buckets (`bucketing.py`): faster on rows of mixed length, the same
+    predictions and metrics up to float rounding. Off, a run's last eval line is reproduced
+    bit for bit (the training loop never buckets).
     """
     workdir, path_step = init_from.resolve_run(checkpoint)
     is_run = os.path.isdir(os.path.join(workdir, "checkpoints"))
@@ -134,8 +156,13 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, checkpoint: str, *,
 
     eval_fn = jax.jit(task.eval_fn, in_shardings=(shardings, batch_sh),
                       out_shardings=sharding.replicated(mesh))
+    if bucketed is None:
+        bucketed = bool(config.data.get("eval_bucketing", True))
+    buckets = bucketing.for_task(config, task) if bucketed else None
+    if buckets is not None:
+        log.info("eval in length buckets %s", list(buckets.lengths))
     outputs = eval_outputs(eval_fn, params, task.eval_data, batch_sh,
-                           config.logging.eval_batches, check=task.check_batch)
+                           config.logging.eval_batches, check=task.check_batch, buckets=buckets)
     metrics = task.summarize(outputs)
     result = {"checkpoint": os.path.abspath(checkpoint), "step": step, "task": config.task,
               "metrics": metrics}

@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from longformer import segments
+
 __all__ = ["classification", "question_answering", "multiple_choice"]
 
 
@@ -53,9 +55,21 @@ def classification(input_ids):
     return xp.broadcast_to(xp.arange(ids.shape[-1]) == 0, ids.shape).astype(xp.int32)
 
 
-def question_answering(input_ids, sep_token_id: int):
-    """`<s>` and the question global: every position before the first separator."""
+def question_answering(input_ids, sep_token_id: int, segment_ids=None):
+    """`<s>` and the question global: every position before the first separator (of its own
+    sequence, in a packed row)."""
     xp, ids = _rows(input_ids)
+    if segment_ids is not None:
+        seg = xp.asarray(segment_ids)
+        is_sep = (ids == sep_token_id).astype(xp.int32)
+        seps = segments.count_within(is_sep, seg)
+        if not isinstance(ids, jax.core.Tracer) and not isinstance(seg, jax.core.Tracer):
+            last = np.asarray(seps)[np.asarray(segments.ends(seg))]
+            if np.any(last != 3):
+                raise ValueError("question answering: a packed sequence does not have exactly "
+                                 "three separator tokens (`<s> question </s></s> context </s>`)"
+                                 "; pass global_attention_mask explicitly for other layouts")
+        return ((seps == 0) & (seg > 0)).astype(xp.int32)
     first = _first_separator(xp, ids, sep_token_id, "question answering")
     return (xp.arange(ids.shape[-1]) < first[..., None]).astype(xp.int32)
 

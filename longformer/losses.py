@@ -68,9 +68,15 @@ def sequence_classification_terms(kind: str, logits: Array, labels: Array):
     raise ValueError(f"unknown problem_type {kind!r}")
 
 
-def sequence_classification_loss(config: LongformerConfig, logits: Array, labels: Array) -> Array:
-    """The head's loss: the mean over every term (the reference's MSE, CE or BCE-with-logits)."""
-    return mean(*sequence_classification_terms(problem_type(config, labels), logits, labels))
+def sequence_classification_loss(config: LongformerConfig, logits: Array, labels: Array,
+                                 valid: Array | None = None) -> Array:
+    """The head's loss: the mean over every term (the reference's MSE, CE or BCE-with-logits);
+    `valid` (examples,) leaves out filler examples (the empty slots of packed rows)."""
+    terms, counted = sequence_classification_terms(problem_type(config, labels), logits, labels)
+    if valid is not None:
+        keep = valid.reshape(valid.shape + (1,) * (terms.ndim - 1))
+        terms, counted = jnp.where(keep, terms, 0.0), counted & keep
+    return mean(terms, counted)
 
 
 def per_example(terms: Array) -> Array:

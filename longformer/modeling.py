@@ -20,6 +20,7 @@ from jax.ad_checkpoint import checkpoint_name
 
 from longformer import attention as attn_op
 from longformer import global_attention
+from longformer import segments as segments_lib
 from longformer.config import PLATFORMS, LongformerConfig
 from longformer.layers import REMAT_POLICIES, Dense, DenseParams, Embed, LayerNorm, activation, concrete, gelu, linear
 from longformer.layout import layer_runs, run_name, with_layer_axis
@@ -53,6 +54,7 @@ class LongformerHeadOutput:
     global_attentions: Optional[tuple] = None
     global_overflow: Optional[Array] = None
     ids_out_of_range: Optional[Array] = None
+    segment_valid: Optional[Array] = None  # (batch, max_segments): packed rows' filled slots
 
 
 class ResolvedModule(nn.Module):
@@ -92,7 +94,8 @@ class LongformerSelfAttention(nn.Module):
     layer_index: int
 
     @nn.compact
-    def __call__(self, x, attention_mask, globals_, deterministic=True, output_attentions=False):
+    def __call__(self, x, attention_mask, globals_, segment_ids=None, deterministic=True,
+                 output_attentions=False):
         cfg = self.config
         batch, length, hidden = x.shape
         heads, dim = cfg.num_attention_heads, cfg.head_dim
@@ -139,7 +142,7 @@ class LongformerSelfAttention(nn.Module):
         kwargs = dict(left=left, right=right, globals_=globals_, q_global=q_global,
                       k_global=k_global, v_global=v_global, block=cfg.attention_block_size or None,
                       dropout_rate=rate, dropout_rng=rng, return_probs=output_attentions,
-                      upcast_global=cfg.on_cpu)
+                      upcast_global=cfg.on_cpu, segment_ids=segment_ids)
         if impl == "dense":
             result = attn_op.dense_longformer_attention(
                 q, proj["key"], proj["value"], attention_mask, **kwargs)
@@ -158,11 +161,12 @@ class LongformerLayer(nn.Module):
     layer_index: int
 
     @nn.compact
-    def __call__(self, x, attention_mask, globals_, deterministic=True, output_attentions=False):
+    def __call__(self, x, attention_mask, globals_, segment_ids=None, deterministic=True,
+                 output_attentions=False):
         cfg = self.config
         x = nn.with_logical_constraint(x, ("batch", "length", None))  # hidden size replicated
         a, probs, g_probs = _AttentionBlock(cfg, self.layer_index, name="attention")(
-            x, attention_mask, globals_, deterministic, output_attentions)
+            x, attention_mask, globals_, segment_ids, deterministic, output_attentions)
         h = _Intermediate(cfg, name="intermediate")(a)
         out = _Output(cfg, name="output")(h, a, deterministic)
         return out, probs, g_probs
@@ -173,9 +177,9 @@ class _AttentionBlock(nn.Module):
     layer_index: int
 
     @nn.compact
-    def __call__(self, x, attention_mask, globals_, deterministic, output_attentions):
+    def __call__(self, x, attention_mask, globals_, segment_ids, deterministic, output_attentions):
         a, probs, g_probs = LongformerSelfAttention(self.config, self.layer_index, name="self")(
-            x, attention_mask, globals_, deterministic, output_attentions)
+            x, attention_mask, globals_, segment_ids, deterministic, output_attentions)
         out = _Output(self.config, ("heads", "embed"), "attention_out", name="output")(
             a, x, deterministic)
         return out, probs, g_probs
@@ -227,13 +231,13 @@ class LongformerEncoder(nn.Module):
     config: LongformerConfig
 
     @nn.compact
-    def __call__(self, x, attention_mask, globals_, deterministic=True, output_attentions=False,
-                 output_hidden_states=False):
+    def __call__(self, x, attention_mask, globals_, segment_ids=None, deterministic=True,
+                 output_attentions=False, output_hidden_states=False):
         cfg = self.config
         self._check_layout()
         if not cfg.scan_layers:
-            return self._unrolled(x, attention_mask, globals_, deterministic, output_attentions,
-                                  output_hidden_states)
+            return self._unrolled(x, attention_mask, globals_, segment_ids, deterministic,
+                                  output_attentions, output_hidden_states)
         dropout_key = None if deterministic else self.make_rng("dropout")
         hidden, attentions, global_attentions = [], [], []
         for first, count in layer_runs(cfg):
@@ -244,13 +248,14 @@ class LongformerEncoder(nn.Module):
                 rngs = (None if dropout_key is None
                         else {"dropout": jax.random.fold_in(dropout_key, index)})
                 out, probs, g_probs = layer.apply({"params": p}, h, attention_mask, globals_,
-                                                  deterministic, output_attentions, rngs=rngs)
+                                                  segment_ids, deterministic, output_attentions,
+                                                  rngs=rngs)
                 return out, (h if output_hidden_states else None, probs, g_probs)
 
             if cfg.remat != "none":
                 body = jax.checkpoint(body, policy=REMAT_POLICIES[cfg.remat], prevent_cse=False)
             params = self.param(run_name(first, count), _stacked_init(layer, count), x,
-                                attention_mask, globals_)
+                                attention_mask, globals_, segment_ids)
             # Matrices in the compute dtype (the layer casts them anyway): with bfloat16 compute
             # the scan's copy and its gradient take half the memory.
             params = jax.tree.map(lambda p: p.astype(cfg.compute_dtype) if p.ndim >= 3 else p,
@@ -266,20 +271,20 @@ class LongformerEncoder(nn.Module):
             hidden.append(x)
         return x, tuple(hidden), tuple(attentions), tuple(global_attentions)
 
-    def _unrolled(self, x, attention_mask, globals_, deterministic, output_attentions,
-                  output_hidden_states):
+    def _unrolled(self, x, attention_mask, globals_, segment_ids, deterministic,
+                  output_attentions, output_hidden_states):
         cfg = self.config
         layer_cls = LongformerLayer
         if cfg.remat != "none":
             # Arguments count `self` as 0: deterministic and output_attentions are static.
             layer_cls = nn.remat(LongformerLayer, policy=REMAT_POLICIES[cfg.remat],
-                                 static_argnums=(4, 5))
+                                 static_argnums=(5, 6))
         hidden, attentions, global_attentions = [], [], []
         for i in range(cfg.num_hidden_layers):
             if output_hidden_states:
                 hidden.append(x)
             x, probs, g_probs = layer_cls(cfg, i, name=f"layer_{i}")(
-                x, attention_mask, globals_, deterministic, output_attentions)
+                x, attention_mask, globals_, segment_ids, deterministic, output_attentions)
             attentions.append(probs)
             global_attentions.append(g_probs)
         if output_hidden_states:
@@ -370,6 +375,24 @@ question_answering_global_mask = global_attention.question_answering
 multiple_choice_global_mask = global_attention.multiple_choice
 
 
+def _check_segments(segment_ids, global_attention_mask) -> None:
+    """Segment ids are >= 0, and no global token sits in padding (when the values are known)."""
+    seg = concrete(segment_ids)
+    if seg is None:
+        return
+    if not np.issubdtype(seg.dtype, np.integer):
+        raise ValueError(f"segment_ids must be integers, got {seg.dtype}")
+    if seg.size and seg.min() < 0:
+        at = tuple(int(i) for i in np.argwhere(seg < 0)[0])
+        raise ValueError(f"segment_ids holds {int(seg[at])} at position {at}; use 0 for padding "
+                         f"and 1, 2, ... for the sequences of a row")
+    glob = concrete(global_attention_mask)
+    if glob is not None and np.any((glob > 0) & (seg == 0)):
+        at = tuple(int(i) for i in np.argwhere((glob > 0) & (seg == 0))[0])
+        raise ValueError(f"global_attention_mask marks position {at} as global, but "
+                         f"segment_ids is 0 (padding) there")
+
+
 def _pad_to(x, length: int, value):
     if x is None or x.shape[1] == length:
         return x
@@ -387,7 +410,12 @@ class LongformerModel(ResolvedModule):
     @nn.compact
     def __call__(self, input_ids=None, attention_mask=None, global_attention_mask=None,
                  token_type_ids=None, position_ids=None, inputs_embeds=None,
-                 output_attentions=False, output_hidden_states=False, deterministic=True):
+                 output_attentions=False, output_hidden_states=False, deterministic=True,
+                 segment_ids=None):
+        """`segment_ids` (batch, length) int packs several sequences in a row: 0 is padding,
+        each other value one sequence (a contiguous run); attention stays within a sequence
+        (band and global tokens) and positions restart at each, so every sequence gets what it
+        gets alone (`packing.py` builds such rows)."""
         cfg = self.config
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("give exactly one of input_ids and inputs_embeds")
@@ -408,7 +436,8 @@ class LongformerModel(ResolvedModule):
                 f"{cfg.max_sequence_length} tokens (positions start at pad_token_id + 1)")
         for name, x in (("attention_mask", attention_mask),
                         ("global_attention_mask", global_attention_mask),
-                        ("token_type_ids", token_type_ids), ("position_ids", position_ids)):
+                        ("token_type_ids", token_type_ids), ("position_ids", position_ids),
+                        ("segment_ids", segment_ids)):
             _check_shape(name, x, shape)
         check_input_ids(cfg, input_ids=input_ids, token_type_ids=token_type_ids,
                         position_ids=position_ids)
@@ -417,6 +446,10 @@ class LongformerModel(ResolvedModule):
                           else jnp.asarray(attention_mask).astype(jnp.int32))
         global_mask = (jnp.zeros(shape, jnp.int32) if global_attention_mask is None
                        else jnp.asarray(global_attention_mask).astype(jnp.int32))
+        if segment_ids is not None:
+            _check_segments(segment_ids, global_attention_mask)
+            segment_ids = jnp.asarray(segment_ids).astype(jnp.int32)
+            attention_mask = attention_mask * (segment_ids > 0)
         token_type_ids = (jnp.zeros(shape, jnp.int32) if token_type_ids is None
                           else jnp.asarray(token_type_ids))
 
@@ -425,17 +458,20 @@ class LongformerModel(ResolvedModule):
         attention_mask = _pad_to(attention_mask, padded, 0)
         global_mask = _pad_to(global_mask, padded, 0)
         token_type_ids = _pad_to(token_type_ids, padded, 0)
+        segment_ids = _pad_to(segment_ids, padded, 0)
         if input_ids is not None:
             input_ids = _pad_to(jnp.asarray(input_ids), padded, cfg.pad_token_id)
-            if position_ids is None:
+            if position_ids is None:  # the reference's: count of non-pad tokens so far
                 real = (input_ids != cfg.pad_token_id).astype(jnp.int32)
-                position_ids = jnp.cumsum(real, axis=1) * real + cfg.pad_token_id
+                position_ids = segments_lib.count_within(real, segment_ids) * real + cfg.pad_token_id
         else:
             inputs_embeds = jnp.asarray(inputs_embeds)
             inputs_embeds = _pad_to(inputs_embeds, padded, 0)  # padding is never attended to
             if position_ids is None:
-                position_ids = jnp.broadcast_to(
-                    jnp.arange(length) + cfg.pad_token_id + 1, shape)
+                ones = jnp.ones(shape, jnp.int32)
+                position_ids = segments_lib.count_within(
+                    ones, None if segment_ids is None else segment_ids[:, :length]
+                ) + cfg.pad_token_id
         position_ids = _pad_to(jnp.asarray(position_ids), padded, cfg.pad_token_id)
 
         out_of_range = _ids_out_of_range(cfg, input_ids=input_ids, token_type_ids=token_type_ids,
@@ -457,7 +493,8 @@ class LongformerModel(ResolvedModule):
                 f"the budget is max_global_tokens={cfg.max_global_tokens}; raise it in the config")
 
         x, hidden, attentions, global_attentions = LongformerEncoder(cfg, name="encoder")(
-            x, is_real, globals_, deterministic, output_attentions, output_hidden_states)
+            x, is_real, globals_, segment_ids, deterministic, output_attentions,
+            output_hidden_states)
         x = x[:, :length]
         pooled = LongformerPooler(cfg, name="pooler")(x) if self.add_pooling_layer else None
         return LongformerOutput(
@@ -485,7 +522,7 @@ def _head_output(base: LongformerOutput, **fields) -> LongformerHeadOutput:
 
 # ----------------------------------------------------------------------------- heads
 _INPUTS = ("input_ids", "attention_mask", "global_attention_mask", "token_type_ids",
-           "position_ids", "inputs_embeds")
+           "position_ids", "inputs_embeds", "segment_ids")
 
 
 def _rows_of(inputs: dict):
@@ -502,22 +539,29 @@ class _Head(ResolvedModule):
     rule are the same for all."""
     config: LongformerConfig
     pooling = False  # whether the encoder's pooler belongs to the model
+    slotted = False  # whether packed rows give per-sequence outputs in max_segments slots
 
     @nn.compact
     def __call__(self, input_ids=None, attention_mask=None, global_attention_mask=None,
                  token_type_ids=None, position_ids=None, inputs_embeds=None, labels=None,
-                 output_attentions=False, output_hidden_states=False, deterministic=True):
+                 output_attentions=False, output_hidden_states=False, deterministic=True,
+                 segment_ids=None):
         given = dict(zip(_INPUTS, (input_ids, attention_mask, global_attention_mask,
-                                   token_type_ids, position_ids, inputs_embeds)))
+                                   token_type_ids, position_ids, inputs_embeds, segment_ids)))
         inputs = self.flatten(given)
+        if self.slotted and segment_ids is not None:
+            segments_lib.check_count(segment_ids, self.config.max_segments)
         if inputs["global_attention_mask"] is None:
             inputs["global_attention_mask"] = self.default_global(inputs)
         base = LongformerModel(self.config, add_pooling_layer=self.pooling, name="longformer")
         out = base(**inputs, output_attentions=output_attentions,
                    output_hidden_states=output_hidden_states, deterministic=deterministic)
         fields = self.top(base, out, given, deterministic)
+        if segment_ids is not None and "segment_valid" not in fields:
+            fields["segment_valid"] = None
         loss = None if labels is None else self.loss(labels, **fields)
-        return _head_output(out, loss=loss, **fields)
+        return _head_output(out, loss=loss, **{k: v for k, v in fields.items()
+                                               if not k.startswith("_")})
 
     def flatten(self, inputs: dict) -> dict:
         return dict(inputs)
@@ -533,7 +577,8 @@ class LongformerForMaskedLM(_Head):
         return {"logits": _LMHead(self.config, name="lm_head")(out.last_hidden_state,
                                                                base._word_table())}
 
-    def loss(self, labels, logits):
+    def loss(self, labels, logits, segment_valid=None):
+        del segment_valid  # per token
         return masked_cross_entropy(logits, labels)
 
 
@@ -551,17 +596,35 @@ class _LMHead(nn.Module):
 
 
 class LongformerForSequenceClassification(_Head):
-    """Classification on token 0, which is global unless a global_attention_mask is given."""
+    """Classification on token 0, which is global unless a global_attention_mask is given.
+
+    Packed rows (`segment_ids`): one prediction per sequence, from its first token (`<s>`,
+    global by default), in `max_segments` slots per row: logits (batch, max_segments, labels),
+    `segment_valid` (batch, max_segments) says which slots hold a sequence, and labels are
+    given per slot (filler slots are not counted).
+    """
+    slotted = True
 
     def default_global(self, inputs: dict):
+        if inputs["segment_ids"] is not None:
+            return segments_lib.starts(jnp.asarray(inputs["segment_ids"])).astype(jnp.int32)
         return classification_global_mask(_rows_of(inputs))
 
     def top(self, base, out, given, deterministic):
-        return {"logits": _ClassificationHead(self.config, name="classifier")(
-            out.last_hidden_state[:, 0], deterministic)}
+        head = _ClassificationHead(self.config, name="classifier")
+        if given["segment_ids"] is None:
+            return {"logits": head(out.last_hidden_state[:, 0], deterministic)}
+        where, valid, _ = segments_lib.slot_positions(jnp.asarray(given["segment_ids"]),
+                                                       self.config.max_segments)
+        first = attn_op.gather_rows(out.last_hidden_state, where)
+        return {"logits": head(first, deterministic), "segment_valid": valid}
 
-    def loss(self, labels, logits):
-        return sequence_classification_loss(self.config, logits, labels)
+    def loss(self, labels, logits, segment_valid=None):
+        if segment_valid is None:
+            return sequence_classification_loss(self.config, logits, labels)
+        return sequence_classification_loss(
+            self.config, logits.reshape(-1, logits.shape[-1]),
+            labels.reshape((-1,) + labels.shape[2:]), valid=segment_valid.reshape(-1))
 
 
 class _ClassificationHead(nn.Module):
@@ -586,7 +649,8 @@ class LongformerForTokenClassification(_Head):
         x = nn.Dropout(cfg.hidden_dropout_prob)(out.last_hidden_state, deterministic=deterministic)
         return {"logits": Dense(cfg.num_labels, cfg, ("embed", "classes"), name="classifier")(x)}
 
-    def loss(self, labels, logits):
+    def loss(self, labels, logits, segment_valid=None):
+        del segment_valid  # per token: packed labels are per token too
         return masked_cross_entropy(logits, labels)
 
 
@@ -599,6 +663,9 @@ class LongformerForMultipleChoice(_Head):
     pooling = True
 
     def flatten(self, inputs: dict) -> dict:
+        if inputs["segment_ids"] is not None:
+            raise ValueError("multiple choice does not take packed rows (segment_ids): its "
+                             "choices are already one row each; pass them unpacked")
         rows = _rows_of(inputs)
         if rows.ndim != 3:
             raise ValueError(f"multiple choice inputs must be (batch, choices, length), "
@@ -625,30 +692,54 @@ class LongformerForMultipleChoice(_Head):
 class LongformerForQuestionAnswering(_Head):
     """Start/end logits; default global attention on `<s>` and the question (before `</s>`).
     The labels are the reference's `start_positions` and `end_positions` (both or neither)."""
+    slotted = True
 
     def __call__(self, input_ids=None, attention_mask=None, global_attention_mask=None,
                  token_type_ids=None, position_ids=None, inputs_embeds=None,
                  start_positions=None, end_positions=None, output_attentions=False,
-                 output_hidden_states=False, deterministic=True):
+                 output_hidden_states=False, deterministic=True, segment_ids=None):
+        """Packed rows (`segment_ids`): logits stay per token; start/end positions are given
+        per sequence slot ((batch, max_segments), positions in the row), and each slot's
+        softmax runs over its own sequence's tokens only, so a span never crosses sequences."""
         both = start_positions is not None and end_positions is not None
         return super().__call__(input_ids, attention_mask, global_attention_mask,
                                 token_type_ids, position_ids, inputs_embeds,
                                 (start_positions, end_positions) if both else None,
-                                output_attentions, output_hidden_states, deterministic)
+                                output_attentions, output_hidden_states, deterministic,
+                                segment_ids)
 
     def default_global(self, inputs: dict):
         if inputs["input_ids"] is None:
             return None
-        return question_answering_global_mask(inputs["input_ids"], self.config.sep_token_id)
+        return question_answering_global_mask(inputs["input_ids"], self.config.sep_token_id,
+                                              segment_ids=inputs["segment_ids"])
 
     def top(self, base, out, given, deterministic):
         cfg = self.config
         logits = Dense(cfg.num_labels, cfg, ("embed", "classes"), name="qa_outputs")(
             out.last_hidden_state)
-        return {"start_logits": logits[..., 0], "end_logits": logits[..., 1]}
+        fields = {"start_logits": logits[..., 0], "end_logits": logits[..., 1]}
+        seg = given["segment_ids"]
+        if seg is not None:
+            seg = jnp.asarray(seg).astype(jnp.int32)
+            where, valid, _ = segments_lib.slot_positions(seg, cfg.max_segments)
+            fields["segment_valid"] = valid
+            fields["_slot_mask"] = seg[:, None, :] == attn_op.gather_rows(seg, where)[..., None]
+        return fields
 
-    def loss(self, labels, start_logits, end_logits):
-        return question_answering_loss(start_logits, end_logits, *labels)
+    def loss(self, labels, start_logits, end_logits, segment_valid=None, _slot_mask=None):
+        if segment_valid is None:
+            return question_answering_loss(start_logits, end_logits, *labels)
+        # One softmax per slot over its own sequence's tokens; filler slots point past the row
+        # (the reference's ignored index).
+        length = start_logits.shape[-1]
+
+        def per_slot(logits):
+            return jnp.where(_slot_mask, logits[:, None, :].astype(jnp.float32),
+                             -1e30).reshape(-1, length)
+
+        positions = [jnp.where(segment_valid, p, length).reshape(-1) for p in labels]
+        return question_answering_loss(per_slot(start_logits), per_slot(end_logits), *positions)
 
 
 MODEL_CLASSES = {

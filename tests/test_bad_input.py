@@ -37,9 +37,11 @@ from longformer import (
     LongformerConfig,
     LongformerForMaskedLM,
     LongformerForMultipleChoice,
+    LongformerForSequenceClassification,
     LongformerModel,
     checkpoints,
     corpus,
+    packing,
     tasks,
     train_lib,
 )
@@ -83,6 +85,29 @@ def _other_layout(tmp):
     model, _ = _params(LongformerModel, scan=False)
     _, stacked = _params(LongformerModel, scan=True)
     model.apply(stacked, IDS)
+
+
+def _too_many_segments(tmp):
+    model = LongformerForSequenceClassification(TINY.replace(max_segments=2))
+    seg = np.array([[1, 1, 2, 2, 3, 3, 0, 0]] * 2, np.int32)
+    params = model.init(jax.random.key(0), IDS)
+    model.apply(params, IDS, segment_ids=seg)
+
+
+def _rows(lengths, globals_=0):
+    mask = (np.arange(8)[None] < np.asarray(lengths)[:, None]).astype(np.int32)
+    glob = np.zeros_like(mask)
+    glob[:, :globals_] = 1
+    return {"input_ids": np.where(mask > 0, 5, 1), "attention_mask": mask,
+            "global_attention_mask": glob * mask, "labels": np.zeros(len(lengths), np.int32)}
+
+
+def _example_longer_than_a_row(tmp):
+    packing.pack(_rows([4, 8, 3]), seq_len=6, max_global_tokens=4, max_segments=4)
+
+
+def _too_many_row_globals(tmp):
+    packing.pack(_rows([4, 5], globals_=3), seq_len=8, max_global_tokens=2, max_segments=4)
 
 
 def _mlm_config(tmp, **overrides):
@@ -160,6 +185,26 @@ MODEL_CASES = [
          ["multiple choice inputs must be (batch, choices, length)"]),
     Case("parameters of the other layer layout", _other_layout, ValueError,
          ["scan_layers=False", "unstack_layers"]),
+    Case("segment_ids of another shape",
+         lambda tmp: _apply(input_ids=IDS, segment_ids=IDS[:, :5]), ValueError,
+         ["segment_ids has shape (2, 5)", "(2, 8)"]),
+    Case("negative segment id",
+         lambda tmp: _apply(input_ids=IDS, segment_ids=_with(-1, base=np.ones_like(IDS))),
+         ValueError, ["segment_ids holds -1 at position (1, 3)", "0 for padding"]),
+    Case("a global token in padding of a packed row",
+         lambda tmp: _apply(input_ids=IDS, segment_ids=_with(0, base=np.ones_like(IDS)),
+                            global_attention_mask=_with(1, base=0 * IDS)), ValueError,
+         ["global_attention_mask marks position (1, 3) as global", "segment_ids is 0"]),
+    Case("more sequences in a row than max_segments", _too_many_segments, ValueError,
+         ["row 0 packs 3 sequences", "max_segments=2"]),
+    Case("multiple choice on packed rows",
+         lambda tmp: _apply(LongformerForMultipleChoice, input_ids=IDS[:, None],
+                            segment_ids=np.ones_like(IDS)[:, None]), ValueError,
+         ["multiple choice does not take packed rows"]),
+    Case("an example longer than a packed row", _example_longer_than_a_row, ValueError,
+         ["example 1 has 8 tokens but a packed row holds 6 (data.seq_len)"]),
+    Case("an example with more global tokens than a packed row holds", _too_many_row_globals,
+         ValueError, ["example 0 has 3 global tokens but a packed row holds 2"]),
     Case("tokenizer larger than the model's vocabulary", _tokenizer_larger_than_model,
          ValueError, ["the tokenizer has", "vocab_size is 100"]),
     Case("out-of-vocabulary id in a training batch", _out_of_vocabulary_batch, ValueError,

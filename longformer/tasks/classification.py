@@ -172,6 +172,7 @@ SPEC = finetune.Spec(
     synthetic_options=lambda config: {"problem": config.data.problem},
     check_config=check_config, prepare=prepare, encode=encode, score=score,
     summarize=summarize, predict=predict,
+    per_token=("input_ids", "attention_mask", "global_attention_mask"),  # labels may be as long
     model_fields=lambda facts: dict(num_labels=max(len(facts["labels"]), 1),
                                     problem_type=_MODEL_PROBLEM[facts["problem"]]),
     info=lambda facts: {"problem": facts["problem"], "labels": len(facts["labels"])})

@@ -13,6 +13,11 @@ eval outputs (the tokenizer and the starting weights are `init_from.py`'s).
 * The global attention mask is computed here, in numpy, for every example and handed to the
   model, so the jitted step never runs the reference's data-dependent rules, and a budget too
   small for the data is reported before training starts.
+* `data.packing` packs the encoded rows (`packing.py`) into rows of `seq_len` holding up to
+  `model.max_segments` examples and `model.max_global_tokens` global tokens each: train and
+  eval batches are then of packed rows (`batch_size` counts rows), and `apply` reads the
+  model's outputs back per example, so a task's `score`, metrics and predictions see exactly
+  the batches and outputs they see unpacked, and losses and metrics count examples.
 """
 
 from __future__ import annotations
@@ -30,7 +35,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from longformer import data as data_lib
+from longformer import packing
 from longformer.config import LongformerConfig
+from longformer.modeling import LongformerForSequenceClassification
 from longformer.tasks import init_from, synthetic
 from longformer.tasks.base import Task
 from longformer.tokenizer import LongformerTokenizer
@@ -205,7 +212,10 @@ class _Rows:
 
 
 def with_bookkeeping(rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Adds `index` (row number) and `valid` (1; 0 marks eval filler rows)."""
+    """Adds `index` (row number) and `valid` (1; 0 marks eval filler rows); rows that have them
+    (packed ones: per slot) are kept as they are."""
+    if "index" in rows:
+        return rows
     n = len(next(iter(rows.values())))
     return {**rows, "index": np.arange(n, dtype=np.int32), "valid": np.ones(n, np.int32)}
 
@@ -215,7 +225,8 @@ def make_pipelines(config, train_rows: dict[str, np.ndarray],
     """(checkpointable train iterator, re-iterable eval dataset or None) of this host's batches.
 
     Train: shuffle (reshuffled each epoch) -> repeat -> host shard -> batch. Eval: one fixed pass,
-    filled up to whole global batches with copies of row 0 marked `valid=0`, `index=-1`.
+    filled up to whole global batches with copies of row 0 marked `valid=0`, `index=-1` (every
+    slot of a packed row).
     """
     global_batch = config.batch_size
     pid, count = jax.process_index(), jax.process_count()
@@ -250,12 +261,25 @@ def batch_spec(config, rows: dict[str, np.ndarray]) -> dict[str, tuple]:
     return {k: ((config.batch_size,) + rows[k].shape[1:], rows[k].dtype) for k in names}
 
 
+def slot_outputs(model) -> tuple[str, ...]:
+    """The head outputs that packed rows give per example slot, not per token."""
+    return ("logits",) if isinstance(model, LongformerForSequenceClassification) else ()
+
+
 def apply(model, params, batch: dict, rng=None):
-    """The model on a batch; training mode (dropout from `rng`) when an rng is given."""
+    """The model on a batch; training mode (dropout from `rng`) when an rng is given.
+
+    A packed batch (`segment_ids`) runs packed, and its outputs come back per example
+    (`packing.unpack_outputs`): (rows * max_segments, ...) in slot order, as the batch's own
+    fields are by `packing.unpack_batch`.
+    """
     train = rng is not None
-    return model.apply(params, batch["input_ids"], attention_mask=batch["attention_mask"],
-                       global_attention_mask=batch["global_attention_mask"],
-                       deterministic=not train, rngs={"dropout": rng} if train else None)
+    packed = packing.SEGMENT_IDS in batch
+    out = model.apply(params, batch["input_ids"], attention_mask=batch["attention_mask"],
+                      global_attention_mask=batch["global_attention_mask"],
+                      deterministic=not train, rngs={"dropout": rng} if train else None,
+                      **({"segment_ids": batch[packing.SEGMENT_IDS]} if packed else {}))
+    return packing.unpack_outputs(out, batch, slot_fields=slot_outputs(model)) if packed else out
 
 
 def gather(outputs: list[dict]) -> dict[str, np.ndarray]:
@@ -309,6 +333,9 @@ class Spec:
       check_config: refuses options that cannot work, before anything is read.
       reader: path -> records.
       weight: batch -> what the loss averages over (examples by default).
+      per_token: the rows' per-token fields when packing (None: those as long as a row; name
+        them when a per-example field may be as long by chance).
+      no_packing: why the task cannot pack ('' packs).
     """
 
     head: type
@@ -329,6 +356,8 @@ class Spec:
     check_config: Callable[[Any], None] = lambda config: None
     reader: Callable[[str], list[dict]] = read_jsonl
     weight: Callable[[dict], Any] = _per_example_count
+    per_token: Optional[tuple[str, ...]] = None
+    no_packing: str = ""
 
 
 def _weighted_sum(x, valid):
@@ -336,9 +365,33 @@ def _weighted_sum(x, valid):
     return jnp.sum(x * valid.reshape(valid.shape + (1,) * (x.ndim - 1)))
 
 
+def packs(config) -> bool:
+    """data.packing (configs written before it existed do not pack)."""
+    return bool(config.data.get("packing", False))
+
+
+def check_packing(config, spec: Spec) -> None:
+    if packs(config) and spec.no_packing:
+        raise ValueError(f"{config.task.replace('_', ' ')} does not pack: {spec.no_packing}; "
+                         "set data.packing=False")
+
+
+def pack_rows(config, model_cfg: LongformerConfig, spec: Spec, train_rows: dict,
+              eval_rows: dict | None):
+    """(packing.Layout, packed train rows, packed eval rows or None) of the bookkept rows; the
+    eval rows pack with the train rows' layout (the same padding values)."""
+    layout = packing.layout(train_rows, spec.per_token)
+    pack = functools.partial(packing.pack, seq_len=config.data.seq_len,
+                             max_global_tokens=model_cfg.max_global_tokens,
+                             max_segments=model_cfg.max_segments, per_token=layout.per_token,
+                             fills=layout.fills)
+    return layout, pack(train_rows), None if eval_rows is None else pack(eval_rows)
+
+
 def build(config, workdir: str, spec: Spec) -> Task:
     """The Task of a fine-tuning config: data, tokenizer, model, loss and evaluation."""
     spec.check_config(config)
+    check_packing(config, spec)
     mode = global_mode(config, spec.default_global, spec.global_modes)
     options = {k: v for k, v in config.data.synthetic.items() if k not in ("num_train",
                                                                            "num_eval")}
@@ -357,15 +410,28 @@ def build(config, workdir: str, spec: Spec) -> Task:
     if eval_records is not None:
         evals = EvalSet(eval_records, *spec.encode(config, tokenizer, eval_records, facts, mode))
     check_global_budget(train_rows["global_attention_mask"], model_cfg, spec.budget_hint)
-    train_iter, eval_data = make_pipelines(config, train_rows, evals and evals.rows)
+    pipe_train, pipe_eval = with_bookkeeping(train_rows), evals and with_bookkeeping(evals.rows)
+    layout = None
+    if packs(config):
+        layout, pipe_train, pipe_eval = pack_rows(config, model_cfg, spec, pipe_train, pipe_eval)
+    train_iter, eval_data = make_pipelines(config, pipe_train, pipe_eval)
+
+    def per_example(batch):
+        """The batch as the task encoded it (a packed one unpacked)."""
+        return batch if layout is None else packing.unpack_batch(batch, layout)
+
+    def run(params, batch, rng):
+        out = apply(model, params, batch, rng)
+        batch = per_example(batch)
+        return spec.score(out, batch, facts), batch
 
     def loss_fn(params, batch, rng):
-        loss, hits, _ = spec.score(apply(model, params, batch, rng), batch, facts)
+        (loss, hits, _), batch = run(params, batch, rng)
         valid = batch["valid"].astype(jnp.float32)
         return _weighted_sum(loss, valid), {k: _weighted_sum(v, valid) for k, v in hits.items()}
 
     def eval_fn(params, batch):
-        _, _, outputs = spec.score(apply(model, params, batch, None), batch, facts)
+        (_, _, outputs), batch = run(params, batch, None)
         return {"index": batch["index"], "valid": batch["valid"], **outputs}
 
     def sizes(split, records, rows):
@@ -377,14 +443,17 @@ def build(config, workdir: str, spec: Spec) -> Task:
     bound = dict(config=config, facts=facts, evals=evals)
     return Task(
         model=model, train_data=train_iter, eval_data=eval_data,
-        batch_spec=batch_spec(config, train_rows), weight_fn=spec.weight,
+        batch_spec=batch_spec(config, pipe_train),
+        weight_fn=lambda batch: spec.weight(per_example(batch)),
         loss_fn=loss_fn, eval_fn=eval_fn,
         summarize=functools.partial(spec.summarize, **bound),
         predict=functools.partial(spec.predict, **bound),
-        identity=identity(config, model_cfg, **facts),
+        identity=identity(config, model_cfg, **facts,
+                          **({"packing": True} if layout is not None else {})),
         initial_params=init_from.init_fn(config, model, workdir),
         tokenizer=tokenizer,
         info={**spec.info(facts), **sizes("train", train_records, train_rows),
-              **sizes("eval", eval_records, evals and evals.rows), "global attention": mode},
+              **sizes("eval", eval_records, evals and evals.rows), "global attention": mode,
+              **({} if layout is None else {"packed train rows": len(pipe_train["input_ids"])})},
         data_files=tuple(path for split in ("train", "eval") if config.data[f"{split}_file"]
                          for path in data_lib.find_files(config.data[f"{split}_file"])))

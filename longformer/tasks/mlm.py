@@ -27,9 +27,12 @@ def token_char_lengths(tokenizer: LongformerTokenizer, vocab_size: int) -> np.nd
 
 
 def mlm_sums(model, params, batch, rng, deterministic):
-    """Summed token cross-entropy, labelled-token count and correct predictions."""
+    """Summed token cross-entropy, labelled-token count and correct predictions; `segment_ids`,
+    when the batch has them (data.separate_documents), keep each document's attention to
+    itself."""
     out = model.apply(params, batch["input_ids"], attention_mask=batch["attention_mask"],
-                      deterministic=deterministic, rngs=None if deterministic else {"dropout": rng})
+                      segment_ids=batch.get("segment_ids"), deterministic=deterministic,
+                      rngs=None if deterministic else {"dropout": rng})
     labels = batch["labels"]
     logits = out.logits.astype(jnp.float32)
     token_losses, valid = losses.cross_entropy(logits, labels)
@@ -71,9 +74,12 @@ def build(config, workdir: str) -> Task:
         return {"loss_sum": loss_sum, "tokens": count, "correct": correct, "chars": chars}
 
     shape = (config.batch_size, config.data.seq_len)
+    fields = ("input_ids", "attention_mask", "labels")
+    if config.data.get("separate_documents", False):
+        fields += ("segment_ids",)
     return Task(
         model=model, train_data=data.train, eval_data=data.eval,
-        batch_spec={k: (shape, jnp.int32) for k in ("input_ids", "attention_mask", "labels")},
+        batch_spec={k: (shape, jnp.int32) for k in fields},
         weight_fn=lambda batch: jnp.sum(batch["labels"] != -100),
         loss_fn=loss_fn, eval_fn=eval_fn, summarize=summarize_eval,
         identity={"task": "mlm", "model": config.model.to_dict(), "seq_len": config.data.seq_len,

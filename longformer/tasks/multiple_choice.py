@@ -161,7 +161,8 @@ SPEC = finetune.Spec(
                 "global)",
     synthetic=synthetic.multiple_choice, check_config=check_config, prepare=prepare,
     encode=encode, score=score, summarize=summarize, predict=predict,
-    info=lambda facts: {"choices": facts["num_choices"]})
+    info=lambda facts: {"choices": facts["num_choices"]},
+    no_packing="each example is already one row per choice, (choices, seq_len)")
 
 
 def build(config, workdir: str) -> Task:

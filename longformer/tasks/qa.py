@@ -27,7 +27,7 @@ import logging
 import jax.numpy as jnp
 import numpy as np
 
-from longformer import files, global_attention, losses, metrics
+from longformer import files, global_attention, losses, metrics, packing
 from longformer.modeling import LongformerForQuestionAnswering
 from longformer.tasks import finetune, synthetic
 from longformer.tasks.base import Task
@@ -250,9 +250,15 @@ def decode(outputs: list, *, feature_example, feature_offsets, records, max_toke
 
 
 def score(out, batch, facts: dict):
-    """Per-window loss and whole-span hits; the logits for decoding."""
-    start = out.start_logits.astype(jnp.float32)
-    end = out.end_logits.astype(jnp.float32)
+    """Per-window loss and whole-span hits; the logits for decoding.
+
+    Padding is no answer: its logits are masked out of the softmax, so a window's loss is the
+    same however much padding its row has (alone, packed with others, or cut to a length
+    bucket). The head's own `loss` keeps the reference's softmax over the whole row.
+    """
+    real = batch["attention_mask"] > 0
+    start = jnp.where(real, out.start_logits.astype(jnp.float32), packing.NO_SCORE)
+    end = jnp.where(real, out.end_logits.astype(jnp.float32), packing.NO_SCORE)
     loss = losses.question_answering_losses(start, end, batch["start_positions"],
                                             batch["end_positions"])
     exact = ((jnp.argmax(start, -1) == batch["start_positions"])
