@@ -9,6 +9,7 @@ A case runs in its own process (`bench/worker.py`) so that its peak memory is it
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
 import os
@@ -27,9 +28,13 @@ IMPLS = {
     "jax-bf16-remat": ("jax", "bfloat16", "full"),
     "jax-dense": ("jax-dense", "float32", "none"),  # this model's layers, (N, N) masked attention
     "ref": ("ref", "float32", "none"),  # transformers' PyTorch Longformer (the reference)
+    # The reference in its best bfloat16 configuration: float32 weights and AdamW under
+    # torch.autocast(bfloat16) (oneDNN's bf16 kernels, AMX where the CPU has it).
+    "ref-bf16": ("ref", "bfloat16", "none"),
     "roberta-sdpa": ("roberta", "float32", "none"),  # transformers' RoBERTa, torch fused attention
 }
 REFERENCE = "ref"
+REFERENCE_BF16 = "ref-bf16"
 
 
 # ----------------------------------------------------------------------------- model FLOPs
@@ -230,7 +235,11 @@ def run_torch(impl: str, length: int, modes, repeats: int, budget_s: float):
 
     torch.set_num_threads(2)
     torch.manual_seed(0)
-    family = IMPLS[impl][0]
+    family, dtype = IMPLS[impl][:2]
+
+    def precision():
+        return (torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bfloat16"
+                else contextlib.nullcontext())
     common = dict(vocab_size=BASE["vocab"], hidden_size=BASE["hidden"],
                   num_hidden_layers=BASE["layers"], num_attention_heads=BASE["heads"],
                   intermediate_size=BASE["ffn"], max_position_embeddings=max(length, 512) + 2,
@@ -256,7 +265,7 @@ def run_torch(impl: str, length: int, modes, repeats: int, budget_s: float):
         model.eval()
 
         def fwd():
-            with torch.inference_mode():
+            with torch.inference_mode(), precision():
                 return model(**kwargs).last_hidden_state
 
         t = time.perf_counter()
@@ -270,8 +279,9 @@ def run_torch(impl: str, length: int, modes, repeats: int, budget_s: float):
         opt = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.01)
 
         def step():
-            out = model(**kwargs).last_hidden_state
-            loss = out.square().mean()
+            with precision():  # autocast the forward; backward follows its dtypes
+                out = model(**kwargs).last_hidden_state
+                loss = out.float().square().mean()
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)

@@ -47,10 +47,11 @@ CAPS = {
     "jax-bf16-remat": {"fwd": 0, "train": 32768},
     "jax-dense": {"fwd": 4096, "train": 2048},
     "ref": {"fwd": 16384, "train": 4096},
+    "ref-bf16": {"fwd": 16384, "train": 4096},
     "roberta-sdpa": {"fwd": 16384, "train": 4096},
 }
 DEFAULT_IMPLS = ["jax-f32", "jax-f32-min", "jax-f32-remat", "jax-bf16", "jax-bf16-min",
-                 "jax-bf16-remat", "jax-dense", "ref", "roberta-sdpa"]
+                 "jax-bf16-remat", "jax-dense", "ref", "ref-bf16", "roberta-sdpa"]
 QUICK_IMPLS = ["jax-f32", "jax-bf16", "jax-dense", "ref", "roberta-sdpa"]
 
 
@@ -63,6 +64,23 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+# CPU features that decide the float32 and bfloat16 matmul paths (torch's oneDNN and XLA's).
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
+
+
+def cpu_flags() -> list[str]:
+    """Which of CPU_FLAGS this machine has (Linux /proc/cpuinfo; [] elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    have = set(line.split(":", 1)[1].split())
+                    return [flag for flag in CPU_FLAGS if flag in have]
+    except OSError:
+        pass
+    return []
 
 
 def run_case(impl, length, modes, repeats, timeout, budget_s):
@@ -101,19 +119,27 @@ def plan(lengths, impls, modes, caps):
     return out
 
 
-def rows_from(results, rate_f32):
-    """Flat rows (one per length x impl x mode) with ratios to the reference."""
-    ref = {(r["length"], r["mode"]): r for r in results if r["impl"] == cases.REFERENCE
-           and "tokens_per_s" in r}
+def rows_from(results, rate_f32, rate_bf16=None):
+    """Flat rows (one per length x impl x mode) with ratios to both references (float32, and
+    bfloat16 under autocast) and MFU against both `jnp.dot` rates."""
+    def by_case(name):
+        return {(r["length"], r["mode"]): r for r in results if r["impl"] == name
+                and "tokens_per_s" in r}
+
+    ref, ref16 = by_case(cases.REFERENCE), by_case(cases.REFERENCE_BF16)
     rows = []
     for r in results:
         row = dict(r)
-        base = ref.get((r["length"], r["mode"]))
+        base, base16 = ref.get((r["length"], r["mode"])), ref16.get((r["length"], r["mode"]))
         if "tokens_per_s" in r and base:
             row["speed_vs_ref"] = r["tokens_per_s"] / base["tokens_per_s"]
             row["mem_vs_ref"] = r["peak_rss_gb"] / base["peak_rss_gb"]
+        if "tokens_per_s" in r and base16:
+            row["speed_vs_ref_bf16"] = r["tokens_per_s"] / base16["tokens_per_s"]
         if "flops_per_s" in r and rate_f32:
             row["mfu"] = r["flops_per_s"] / rate_f32
+        if "flops_per_s" in r and rate_bf16:
+            row["mfu_bf16"] = r["flops_per_s"] / rate_bf16
         rows.append(row)
     return rows
 
@@ -145,8 +171,9 @@ def fmt(x, spec, missing="-"):
 
 
 def table(rows) -> str:
-    head = (f"{'length':>6} {'impl':<15} {'mode':<5} {'tok/s':>8} {'x ref':>6} {'s/step':>7} "
-            f"{'peak GB':>7} {'mem/ref':>7} {'XLA GB':>6} {'compile':>7} {'MFU':>5}")
+    head = (f"{'length':>6} {'impl':<15} {'mode':<5} {'tok/s':>8} {'x ref':>6} {'x r16':>6} "
+            f"{'s/step':>7} {'peak GB':>7} {'mem/ref':>7} {'XLA GB':>6} {'compile':>7} "
+            f"{'MFU':>5} {'MFU16':>5}")
     lines = [head, "-" * len(head)]
     for r in sorted(rows, key=lambda r: (r["length"], r["mode"] != "fwd", r["impl"])):
         if "error" in r:
@@ -154,9 +181,11 @@ def table(rows) -> str:
             continue
         lines.append(
             f"{r['length']:>6} {r['impl']:<15} {r['mode']:<5} {r['tokens_per_s']:8.0f} "
-            f"{fmt(r.get('speed_vs_ref'), '6.2f')} {r['best_s']:7.2f} {r['peak_rss_gb']:7.2f} "
+            f"{fmt(r.get('speed_vs_ref'), '6.2f')} {fmt(r.get('speed_vs_ref_bf16'), '6.2f')} "
+            f"{r['best_s']:7.2f} {r['peak_rss_gb']:7.2f} "
             f"{fmt(r.get('mem_vs_ref'), '7.2f')} {fmt(r.get('xla_total_gb'), '6.2f')} "
-            f"{fmt(r.get('compile_s'), '7.1f')} {fmt(r.get('mfu'), '5.2f')}")
+            f"{fmt(r.get('compile_s'), '7.1f')} {fmt(r.get('mfu'), '5.2f')} "
+            f"{fmt(r.get('mfu_bf16'), '5.2f')}")
     return "\n".join(lines)
 
 
@@ -225,7 +254,8 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
 
     start = time.time()
-    print(f"machine: {cpu_name()}, {os.cpu_count()} cpus", flush=True)
+    print(f"machine: {cpu_name()}, {os.cpu_count()} cpus, flags {' '.join(cpu_flags())}",
+          flush=True)
     rates = [matmul_rates()]
     print(f"jnp.dot float32 {rates[0]['matmul_f32'] / 1e9:.0f} GFLOP/s, "
           f"bfloat16 {rates[0]['matmul_bf16'] / 1e9:.0f} GFLOP/s", flush=True)
@@ -241,17 +271,18 @@ def main(argv=None):
     rates.append(matmul_rates())
     rate_f32 = max(r["matmul_f32"] for r in rates)
     rate_bf16 = max(r["matmul_bf16"] for r in rates)
-    rows = rows_from(results, rate_f32)
+    rows = rows_from(results, rate_f32, rate_bf16)
 
     meta = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "cpu": cpu_name(),
-            "cpus": os.cpu_count(), "matmul_f32_flops": rate_f32, "matmul_bf16_flops": rate_bf16,
+            "cpus": os.cpu_count(), "cpu_flags": cpu_flags(),
+            "matmul_f32_flops": rate_f32, "matmul_bf16_flops": rate_bf16,
             "matmul_runs": rates, "wall_s": time.time() - start, "argv": sys.argv[1:],
             "model": cases.BASE, "batch": 1, "global_tokens": 1}
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump({"meta": meta, "rows": rows}, f, indent=1)
-    keys = ["length", "impl", "mode", "tokens_per_s", "speed_vs_ref", "best_s", "peak_rss_gb",
-            "mem_vs_ref", "xla_total_gb", "xla_temp_gb", "compile_s", "compile_rss_gb",
-            "first_call_s", "flops", "flops_per_s", "mfu", "error"]
+    keys = ["length", "impl", "mode", "tokens_per_s", "speed_vs_ref", "speed_vs_ref_bf16",
+            "best_s", "peak_rss_gb", "mem_vs_ref", "xla_total_gb", "xla_temp_gb", "compile_s",
+            "compile_rss_gb", "first_call_s", "flops", "flops_per_s", "mfu", "mfu_bf16", "error"]
     with open(os.path.join(args.out, "results.csv"), "w", newline="") as f:
         w = csv.DictWriter(f, keys, extrasaction="ignore")
         w.writeheader()
@@ -259,9 +290,10 @@ def main(argv=None):
     figure([r for r in rows if "error" not in r], os.path.join(args.out, "figure1.png"))
 
     print()
-    print(f"{meta['date']}  {meta['cpu']} ({meta['cpus']} cpus)  jnp.dot f32 "
-          f"{rate_f32 / 1e9:.0f} GFLOP/s, bf16 {rate_bf16 / 1e9:.0f} GFLOP/s  "
-          f"(MFU = model FLOP/s / f32 rate)")
+    print(f"{meta['date']}  {meta['cpu']} ({meta['cpus']} cpus; {' '.join(meta['cpu_flags'])})"
+          f"  jnp.dot f32 {rate_f32 / 1e9:.0f} GFLOP/s, bf16 {rate_bf16 / 1e9:.0f} GFLOP/s  "
+          f"(MFU, MFU16 = model FLOP/s / the f32, bf16 rate; x ref, x r16 = speed against the "
+          f"reference in float32, in bfloat16 autocast)")
     print(table(rows))
     print(f"\nwall time {meta['wall_s'] / 60:.1f} min; results in {args.out}")
 
