@@ -17,12 +17,16 @@ def _xp(x):
     return jnp if isinstance(x, jax.Array) else np
 
 
-def starts(segment_ids):
-    """(B, N) bool: the first position of each sequence (never padding)."""
+def _run_starts(segment_ids):
+    """(B, N) bool: where a run of equal ids starts (padding runs included)."""
     xp = _xp(segment_ids)
     first = xp.ones_like(segment_ids[:, :1], dtype=bool)
-    change = xp.concatenate([first, segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
-    return change & (segment_ids > 0)
+    return xp.concatenate([first, segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
+
+
+def starts(segment_ids):
+    """(B, N) bool: the first position of each sequence (never padding)."""
+    return _run_starts(segment_ids) & (segment_ids > 0)
 
 
 def count_within(flags, segment_ids):
@@ -32,9 +36,7 @@ def count_within(flags, segment_ids):
     count = xp.cumsum(flags, axis=1)
     if segment_ids is None:
         return count
-    start = xp.concatenate([xp.ones_like(segment_ids[:, :1], dtype=bool),
-                            segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
-    before = xp.where(start, count - flags, 0)  # the count just before each start
+    before = xp.where(_run_starts(segment_ids), count - flags, 0)  # the count just before each start
     before = (jax.lax.cummax(before, axis=1) if xp is jnp
               else np.maximum.accumulate(before, axis=1))
     return count - before
