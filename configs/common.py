@@ -36,8 +36,9 @@ def trainer(c: ml_collections.ConfigDict, *, batch_size: int, total_steps: int,
         grad_clip_norm=grad_clip_norm))
     c.schedule = ml_collections.ConfigDict(dict(warmup_steps=warmup_steps, power=power,
                                                 end_learning_rate=0.0))
-    # data x fsdp x tensor; one -1 fills the remaining devices.
-    c.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1)))
+    # data x fsdp x sequence x tensor; one -1 fills the remaining devices. `sequence` splits
+    # each document over devices (halo exchange); three entries read as data x fsdp x tensor.
+    c.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1, 1)))
     # allow_data_change: resume although the data files differ from the checkpoint's (warns).
     c.checkpoint = ml_collections.ConfigDict(dict(every_steps=checkpoint_every, keep=keep,
                                                   async_save=True, allow_data_change=False))

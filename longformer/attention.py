@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from longformer import sequence_parallel as sp
 from longformer.band import (  # noqa: F401
     _NEG,
     band_attention,
@@ -42,33 +43,46 @@ class GlobalIndices(NamedTuple):
         return self.count > self.index.shape[1]
 
 
-def global_token_indices(is_global: jax.Array, budget: int) -> GlobalIndices:
+def global_token_indices(is_global: jax.Array, budget: int, axis: str | None = None
+                         ) -> GlobalIndices:
     """Packs the positions of global tokens into `budget` slots, in order of position.
 
     Tokens past the budget are left out of the slots; `overflow` reports it and callers treat those
-    tokens as local, so no result is silently inconsistent.
+    tokens as local, so no result is silently inconsistent. With `axis` (inside `shard_map`,
+    is_global one shard's rows) the slots hold document positions, the same on every shard.
     """
     batch, length = is_global.shape
     is_global = is_global.astype(bool)
     rank = jnp.cumsum(is_global, axis=1, dtype=jnp.int32) - 1
-    slot = jnp.where(is_global & (rank < budget), rank, budget)  # `budget` is out of range: dropped
-    positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
-    index = jnp.zeros((batch, budget), jnp.int32).at[
-            jnp.arange(batch)[:, None], slot].set(positions, mode="drop")
     count = jnp.sum(is_global, axis=1, dtype=jnp.int32)
+    positions = jnp.arange(length, dtype=jnp.int32)
+    if axis is not None:  # ranks and positions continue those of the shards before
+        rank = rank + sp.exclusive_prefix(count, axis)[:, None]
+        positions = positions + sp.start(length, axis)
+    slot = jnp.where(is_global & (rank < budget), rank, budget)  # `budget` is out of range: dropped
+    index = jnp.zeros((batch, budget), jnp.int32).at[jnp.arange(batch)[:, None], slot].set(
+        jnp.broadcast_to(positions, (batch, length)), mode="drop")
+    if axis is not None:  # each slot was set by one shard only
+        index, count = lax.psum(index, axis), lax.psum(count, axis)
     valid = jnp.arange(budget)[None, :] < jnp.minimum(count, budget)[:, None]
     return GlobalIndices(index, valid, count)
 
 
-def gather_rows(x: jax.Array, index: jax.Array) -> jax.Array:
-    """x (B, N, ...) at positions index (B, G) -> (B, G, ...)."""
+def gather_rows(x: jax.Array, index: jax.Array, axis: str | None = None) -> jax.Array:
+    """x (B, N, ...) at positions index (B, G) -> (B, G, ...); with `axis`, x is one shard's
+    rows and index holds document positions (`sequence_parallel.gather_rows`)."""
+    if axis is not None:
+        return sp.gather_rows(x, index, axis)
     return jax.vmap(lambda xb, ib: jnp.take(xb, ib, axis=0))(x, index)
 
 
-def scatter_rows(x: jax.Array, index: jax.Array, valid: jax.Array, rows: jax.Array) -> jax.Array:
-    """Replaces x (B, N, ...) at the valid positions of index (B, G) by rows (B, G, ...)."""
+def scatter_rows(x: jax.Array, index: jax.Array, valid: jax.Array, rows: jax.Array,
+                 axis: str | None = None) -> jax.Array:
+    """Replaces x (B, N, ...) at the valid positions of index (B, G) by rows (B, G, ...); with
+    `axis`, only those of the positions that this shard holds."""
     length = x.shape[1]
-    index = jnp.where(valid, index, length)  # out of range: dropped
+    index = (jnp.where(valid, index, length) if axis is None  # out of range: dropped
+             else sp.local_index(index, valid, length, axis))
     return jax.vmap(lambda xb, ib, rb: xb.at[ib].set(rb.astype(xb.dtype), mode="drop"))(
         x, index, rows)
 
@@ -80,16 +94,22 @@ def _dropout(probs: jax.Array, rate: float, rng: jax.Array | None) -> jax.Array:
     return jnp.where(keep, probs / (1.0 - rate), 0.0).astype(probs.dtype)
 
 
-def _masked_softmax(scores: list[jax.Array], valid: list[jax.Array]) -> list[jax.Array]:
+def _masked_softmax(scores: list[jax.Array], valid: list[jax.Array], axis: str | None = None
+                    ) -> list[jax.Array]:
     """One float32 softmax over several score blocks sharing their leading axes (last axis split).
 
-    Rows where nothing is valid come out as zeros.
+    Rows where nothing is valid come out as zeros. With `axis` the last axis is split over the
+    shards too: the peaks and sums are merged across them (log-sum-exp).
     """
     scores = [jnp.where(m, s.astype(jnp.float32), _NEG) for s, m in zip(scores, valid)]
     peak = functools.reduce(jnp.maximum, [jnp.max(s, axis=-1, keepdims=True) for s in scores])
     peak = lax.stop_gradient(peak)
+    if axis is not None:
+        peak = lax.pmax(peak, axis)
     expd = [jnp.where(m, jnp.exp(s - peak), 0.0) for s, m in zip(scores, valid)]
     total = functools.reduce(jnp.add, [jnp.sum(e, axis=-1, keepdims=True) for e in expd])
+    if axis is not None:
+        total = lax.psum(total, axis)
     inv = 1.0 / jnp.where(total > 0, total, 1.0)
     return [e * inv for e in expd]
 
@@ -118,6 +138,7 @@ def global_attention(
         dropout_rate: float = 0.0,
         dropout_rng: jax.Array | None = None,
         upcast: bool = False,
+        axis: str | None = None,
 ):
     """The global tokens' own rows: q_global (B, G, H, D) against every key where key_mask holds.
 
@@ -127,17 +148,21 @@ def global_attention(
     upcast: run the factored matmuls in float32 (for XLA:CPU, which has no low-precision kernel
         with float32 results for some of their layouts); otherwise they run in the input's
         dtype with float32 results.
+    axis: inside `shard_map`, the keys are one shard's: each shard's part of a row (its softmax
+        statistics and weighted values) is merged with the others' (log-sum-exp), so the rows
+        are the whole document's; the weights returned are this shard's columns.
     Returns out (B, G, H, D) and the weights (B, H, G, N). O(N * G).
     """
+    total = (lambda out: out) if axis is None else (lambda out: lax.psum(out, axis))
     key_mask = key_mask.astype(bool)
     mask = [key_mask[:, None, None, :] if key_mask.ndim == 2 else key_mask[:, None]]
     if not isinstance(k, GlobalProjection):
         scores = jnp.einsum("bghd,bnhd->bhgn", q_global, k, preferred_element_type=jnp.float32)
-        (probs,) = _masked_softmax([scores], mask)
+        (probs,) = _masked_softmax([scores], mask, axis)
         dropped = _dropout(probs, dropout_rate, dropout_rng)
         out = jnp.einsum("bhgn,bnhd->bghd", dropped.astype(v.dtype), v,
                          preferred_element_type=jnp.float32)
-        return out.astype(v.dtype), probs
+        return total(out).astype(v.dtype), probs
 
     # These matmuls are O(N * E * H * G): small, whatever their precision.
     dtype, f32 = k.x.dtype, jnp.float32
@@ -151,12 +176,12 @@ def global_attention(
     q_in = mm("bghd,ehd->bghe", q_global, key_kernel)  # the query mapped to the input
     q_bias = mm("bghd,hd->bhg", q_global, k.key_bias.astype(cdt))
     scores = mm("bghe,bne->bhgn", q_in, x) + q_bias[..., None]
-    (probs,) = _masked_softmax([scores], mask)
+    (probs,) = _masked_softmax([scores], mask, axis)
     dropped = _dropout(probs, dropout_rate, dropout_rng)
     pooled = mm("bhgn,bne->bghe", dropped, x)
     out = mm("bghe,ehd->bghd", pooled, value_kernel)
     out = out + jnp.sum(dropped, axis=-1).transpose(0, 2, 1)[..., None] * k.value_bias.astype(f32)
-    return out.astype(dtype), probs
+    return total(out).astype(dtype), probs
 
 
 def longformer_attention(
@@ -179,6 +204,7 @@ def longformer_attention(
         loop: bool = False,
         upcast_global: bool = False,
         segment_ids: jax.Array | None = None,
+        axis: str | None = None,
 ):
     """The reference's full self-attention: band + global columns, global rows recomputed.
 
@@ -195,49 +221,89 @@ def longformer_attention(
         segment_ids: (B, N) int for packed rows: attention stays within a segment, in the band
             and through global tokens (a global token sees, and is seen by, its own segment);
             None: each row is one sequence.
+        axis: run inside `jax.shard_map` on one shard's rows of the document (`N` is then the
+            shard's length; `globals_` holds document positions, the same on every shard): the
+            band takes its halo from the neighbours, the global tokens' rows are gathered from
+            the shards that hold them and their own rows merged over every shard's keys
+            (`sequence_parallel.py`). The result is this shard's rows of one device's.
 
     Returns out (B, N, H, D); with return_probs (out, local weights (B, H, N, G + left + right + 1)
     with global rows zeroed, global weights (B, H, N, G) or None without global tokens).
     """
     attention_mask = attention_mask.astype(bool)
     use_global = globals_ is not None and globals_.index.shape[1] > 0
+    if dropout_rng is not None and axis is not None:  # each shard draws its own masks
+        dropout_rng = jax.random.fold_in(dropout_rng, lax.axis_index(axis))
     rngs = (jax.random.split(dropout_rng) if dropout_rng is not None else (None, None))
     if not use_global:
         result = dilated_band_attention(q, k, v, attention_mask, left=left, right=right,
                                         dilation=dilation, query_mask=attention_mask,
                                         segments=segment_ids, block=block,
                                         dropout_rate=dropout_rate, dropout_rng=rngs[0],
-                                        return_probs=return_probs, loop=loop)
+                                        return_probs=return_probs, loop=loop, axis=axis)
         return (*result, None) if return_probs else result
 
     # A padding token is never global, whatever the slots say.
-    valid = globals_.valid & gather_rows(attention_mask, globals_.index)
+    valid = globals_.valid & gather_rows(attention_mask, globals_.index, axis)
     globals_ = globals_._replace(valid=valid)
     # Global tokens leave the band (they come back as the extra columns, counted once).
     is_global = scatter_rows(jnp.zeros(attention_mask.shape, bool), globals_.index, valid,
-                             jnp.ones(globals_.index.shape, bool))
+                             jnp.ones(globals_.index.shape, bool), axis)
     global_segments = (None if segment_ids is None
-                       else gather_rows(segment_ids.astype(jnp.int32), globals_.index))
+                       else gather_rows(segment_ids.astype(jnp.int32), globals_.index, axis))
     result = dilated_band_attention(
             q, k, v, attention_mask & ~is_global, left=left, right=right, dilation=dilation,
-            query_mask=attention_mask,
-            extra_k=gather_rows(k, globals_.index), extra_v=gather_rows(v, globals_.index),
-            extra_mask=globals_.valid, segments=segment_ids, extra_segments=global_segments,
-            block=block, dropout_rate=dropout_rate, dropout_rng=rngs[0],
-            return_probs=return_probs, loop=loop)
+            query_mask=attention_mask, extra_k=gather_rows(k, globals_.index, axis),
+            extra_v=gather_rows(v, globals_.index, axis), extra_mask=globals_.valid,
+            segments=segment_ids, extra_segments=global_segments, block=block,
+            dropout_rate=dropout_rate, dropout_rng=rngs[0], return_probs=return_probs, loop=loop,
+            axis=axis)
     out, local_probs = result if return_probs else (result, None)
 
     g_out, g_probs = global_attention(q_global, k_global, v_global,
                                       _global_row_keys(attention_mask, segment_ids,
                                                        global_segments),
                                       dropout_rate=dropout_rate, dropout_rng=rngs[1],
-                                      upcast=upcast_global)
-    out = scatter_rows(out, globals_.index, globals_.valid, g_out)
+                                      upcast=upcast_global, axis=axis)
+    out = scatter_rows(out, globals_.index, globals_.valid, g_out, axis)
     if not return_probs:
         return out
     local_probs = jnp.where(is_global[:, None, :, None], 0.0, local_probs)
     g_probs = jnp.where(globals_.valid[:, None, :, None], g_probs, 0.0)
     return out, local_probs, g_probs.transpose(0, 1, 3, 2)
+
+
+def sharded_longformer_attention(q, k, v, attention_mask, *, globals_=None, q_global=None,
+                                 k_global=None, v_global=None, dropout_rng=None,
+                                 return_probs=False, segment_ids=None, **options):
+    """`longformer_attention` on whole arrays, each shard of the mesh's `sequence` axis computing
+    its own rows (`axis`): the arrays with positions are split along them, the global tokens'
+    slots and projections handed whole to every shard. Same arguments and results."""
+    if segment_ids is not None:
+        raise ValueError("packed rows (segment_ids) are not split over the `sequence` axis")
+    rows, whole = sp.along(1), sp.P()
+    args = dict(q=(q, rows), k=(k, rows), v=(v, rows), attention_mask=(attention_mask, rows),
+                globals_=(globals_, whole), q_global=(q_global, whole),
+                k_global=(k_global, GlobalProjection(rows, whole, whole, whole, whole)
+                          if isinstance(k_global, GlobalProjection) else rows),
+                v_global=(v_global, rows), dropout_rng=(dropout_rng, whole))
+    names = [name for name, (x, _) in args.items() if x is not None]
+
+    def local(*xs):
+        result = longformer_attention(**dict(zip(names, xs)), return_probs=return_probs,
+                                      axis=sp.AXIS, **options)
+        if return_probs and result[2] is None:  # a shard_map's outputs are arrays
+            result = (*result[:2], jnp.zeros((0,), q.dtype))
+        return result
+
+    weights = sp.along(2)  # (B, H, N, ...)
+    use_global = globals_ is not None and globals_.index.shape[1] > 0
+    out_specs = (rows, weights, weights if use_global else whole) if return_probs else rows
+    result = sp.over_sequence(local, tuple(args[n][1] for n in names), out_specs)(
+        *(args[n][0] for n in names))
+    if return_probs and not use_global:
+        result = (*result[:2], None)
+    return result
 
 
 def _global_row_keys(attention_mask, segment_ids, global_segments):

@@ -24,6 +24,8 @@ import numpy as np
 from jax import lax
 from jax.ad_checkpoint import checkpoint_name
 
+from longformer import sequence_parallel as sp
+
 _NEG = -1e30  # finite stand-in for -inf: keeps masked rows NaN-free in values and gradients
 
 
@@ -36,6 +38,23 @@ def default_block_size(left: int, right: int, length: int) -> int:
     block = max(left, right, 1)
     block = min(max(block, 16), 128)
     return max(1, min(block, length))
+
+
+class Halo(NamedTuple):
+    """The keys just outside a shard's rows (sequence parallelism): `before` rows that precede
+    them and `after` rows that follow them, each (B, rows, ...), zeros past the document."""
+    k: tuple[jax.Array, jax.Array]  # (B, before, H, D), (B, after, H, D)
+    v: tuple[jax.Array, jax.Array]
+    mask: tuple[jax.Array, jax.Array]  # (B, before), (B, after) bool
+    segments: tuple[jax.Array, jax.Array] | None = None
+
+
+def fetch_halo(k, v, key_mask, segments, before: int, after: int, axis: str) -> Halo:
+    """The band's halo of rows from this shard's neighbours (`sequence_parallel.halo`)."""
+    parts = (k, v, key_mask.astype(bool)) + (() if segments is None else (segments,))
+    rows_before, rows_after = sp.halo(parts, before, after, axis)
+    pairs = list(zip(rows_before, rows_after))
+    return Halo(*pairs[:3], segments=pairs[3] if segments is not None else None)
 
 
 class _Band(NamedTuple):
@@ -123,6 +142,12 @@ def _to_blocks(x, block):
     return x.reshape(batch, nb, block, heads, dim).transpose(1, 0, 3, 2, 4)
 
 
+def _varying(x):
+    """x, marked as varying over the manual axes of the shard_map it is traced in (if any)."""
+    manual = tuple(jax.sharding.get_abstract_mesh().manual_axes)
+    return lax.pcast(x, manual, to="varying") if manual else x
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
 def _band_loop(band: _Band, rng, block: int, width: int, rate: float, length: int):
     """out (B, length, H, D), one query block per loop step.
@@ -182,7 +207,9 @@ def _band_loop_bwd(block, width, rate, length, res, d_out):
         d_v = lax.dynamic_update_slice_in_dim(d_v, window_v + d_values[0], start, axis=2)
         return (d_k_t, d_v, d_extra_k_t, d_extra_v), d_q
 
-    zeros = lambda x: None if x is None else jnp.zeros(x.shape, f32)  # noqa: E731
+    # Inside a sequence-parallel shard_map the gradients vary over its axis as the queries do, even
+    # those of operands every shard shares (the extra columns): the carry must say so.
+    zeros = lambda x: None if x is None else _varying(jnp.zeros(x.shape, f32))  # noqa: E731
     init = (zeros(band.k_t), zeros(band.v), zeros(band.extra_k_t), zeros(band.extra_v))
     num_blocks = band.q.shape[2] // block
     (d_k_t, d_v, d_extra_k_t, d_extra_v), d_q = lax.scan(
@@ -212,6 +239,11 @@ def _band_batched(band: _Band, rng, block: int, width: int, rate: float, length:
     return _from_blocks(jax.vmap(one)(jnp.arange(band.q.shape[2] // block)), length)
 
 
+def _pad_rows(x, before: int, after: int):
+    """Zero (False) rows before and after axis 1's."""
+    return jnp.pad(x, [(0, 0), (before, after)] + [(0, 0)] * (x.ndim - 2))
+
+
 def band_attention(
         q: jax.Array,
         k: jax.Array,
@@ -231,6 +263,7 @@ def band_attention(
         dropout_rng: jax.Array | None = None,
         return_probs: bool = False,
         loop: bool = False,
+        halo: Halo | None = None,
 ):
     """Sliding-window attention: query i sees keys i-left .. i+right where key_mask holds.
 
@@ -262,6 +295,8 @@ def band_attention(
             first, then the band, the query itself at column G + left.
         loop: the CPU layout (True) or the batched one (False); the caller chooses
             (`LongformerConfig.band_impl`), nothing here looks at the platform.
+        halo: the `left` keys before the rows and the `right` keys after them (a shard of a
+            document split over devices); None: nothing is visible past the ends.
 
     Returns:
         out (B, N, H, D) in v's dtype, and the weights when asked.
@@ -273,24 +308,34 @@ def band_attention(
     padded = num_blocks * block
     tail = padded - length
 
-    def head_major(x, before, after):  # (B, N, H, D) -> (B, H, before + N + after, D)
-        return jnp.pad(x, ((0, 0), (before, after), (0, 0), (0, 0))).transpose(0, 2, 1, 3)
+    def keys(x, around):  # (B, N, ...) -> (B, left + N + right + tail, ...): the keys' rows
+        if around is None:
+            return _pad_rows(x, left, tail + right)
+        if around[0].shape[1] != left or around[1].shape[1] != right:
+            raise ValueError(f"a halo of {around[0].shape[1]} + {around[1].shape[1]} rows for a "
+                             f"band of {left} + {right}")
+        return _pad_rows(jnp.concatenate([around[0], x, around[1]], axis=1), 0, tail)
+
+    def head_major(x):  # (B, rows, H, D) -> (B, H, rows, D)
+        return x.transpose(0, 2, 1, 3)
 
     use_extra = extra_k is not None
     band = _Band(
-        q=head_major(q, 0, tail), k_t=head_major(k, left, tail + right).swapaxes(2, 3),
-        v=head_major(v, left, tail + right),
-        extra_k_t=extra_k.transpose(0, 2, 3, 1) if use_extra else None,
-        extra_v=extra_v.transpose(0, 2, 1, 3) if use_extra else None,
-        keys_ok=jnp.pad(key_mask.astype(bool), ((0, 0), (left, tail + right))),
-        rows_ok=jnp.pad(jnp.ones((batch, length), bool) if query_mask is None
-                        else query_mask.astype(bool), ((0, 0), (0, tail))),
+        q=head_major(_pad_rows(q, 0, tail)),
+        k_t=head_major(keys(k, halo and halo.k)).swapaxes(2, 3),
+        v=head_major(keys(v, halo and halo.v)),
+        # Shared by every shard of a sequence-parallel shard_map, yet each shard's gradient of
+        # them is its own: marked varying, so that their cotangents are summed over the shards.
+        extra_k_t=_varying(extra_k.transpose(0, 2, 3, 1)) if use_extra else None,
+        extra_v=_varying(extra_v.transpose(0, 2, 1, 3)) if use_extra else None,
+        keys_ok=keys(key_mask.astype(bool), halo and halo.mask),
+        rows_ok=_pad_rows(jnp.ones((batch, length), bool) if query_mask is None
+                          else query_mask.astype(bool), 0, tail),
         extra_ok=extra_mask.astype(bool)[:, None, None, :] if use_extra else None)
     if segments is not None:
-        segments = segments.astype(jnp.int32)
         band = band._replace(
-            q_seg=jnp.pad(segments, ((0, 0), (0, tail))),
-            k_seg=jnp.pad(segments, ((0, 0), (left, tail + right))),
+            q_seg=_pad_rows(segments.astype(jnp.int32), 0, tail),
+            k_seg=keys(segments.astype(jnp.int32), halo and halo.segments),
             extra_seg=extra_segments.astype(jnp.int32) if use_extra else None)
     rate = float(dropout_rate) if dropout_rng is not None else 0.0
 
@@ -361,23 +406,33 @@ def _take_heads(x: jax.Array | None, heads: list[int]) -> jax.Array | None:
 
 def _dilated_band_one(q, k, v, key_mask, *, left, right, dilation, query_mask, extra_k, extra_v,
                       extra_mask, segments, extra_segments, block, dropout_rate, dropout_rng,
-                      return_probs, loop):
+                      return_probs, loop, axis):
     """`dilated_band_attention` with one dilation for every head given."""
     length = q.shape[1]
+    halo = None
+    if axis is not None:  # one shard of the document: the keys around it come from its neighbours
+        if length % dilation:
+            raise ValueError(f"a shard of {length} rows cannot hold whole residues of dilation "
+                             f"{dilation}: make the padded length per shard a multiple of it")
+        halo = fetch_halo(k, v, key_mask, segments, left * dilation, right * dilation, axis)
     if dilation == 1:
         return band_attention(q, k, v, key_mask, left=left, right=right, query_mask=query_mask,
                               extra_k=extra_k, extra_v=extra_v, extra_mask=extra_mask,
                               segments=segments, extra_segments=extra_segments, block=block,
                               dropout_rate=dropout_rate, dropout_rng=dropout_rng,
-                              return_probs=return_probs, loop=loop)
+                              return_probs=return_probs, loop=loop, halo=halo)
 
     def per_example(x):  # the extra (global) keys are shared by an example's d subsequences
         return None if x is None else jnp.repeat(x, dilation, axis=0)
 
     # A subsequence is d times shorter: keys past its ends do not exist, so the band is clipped
-    # to it (the same band, without the cost of a window d times too long).
+    # to it (the same band, without the cost of a window d times too long). A shard's
+    # subsequence continues into its halo, which holds whole residues: it is interleaved alike.
     longest = -(-length // dilation) - 1
-    sub_left, sub_right = min(left, longest), min(right, longest)
+    sub_left, sub_right = (left, right) if halo else (min(left, longest), min(right, longest))
+    if halo:
+        halo = Halo(*(None if pair is None else tuple(_interleave(x, dilation) for x in pair)
+                      for pair in halo))
     result = band_attention(
         _interleave(q, dilation), _interleave(k, dilation), _interleave(v, dilation),
         _interleave(key_mask.astype(bool), dilation), left=sub_left, right=sub_right,
@@ -386,7 +441,7 @@ def _dilated_band_one(q, k, v, key_mask, *, left, right, dilation, query_mask, e
         extra_mask=per_example(extra_mask),
         segments=None if segments is None else _interleave(segments, dilation),
         extra_segments=per_example(extra_segments), block=block, dropout_rate=dropout_rate,
-        dropout_rng=dropout_rng, return_probs=return_probs, loop=loop)
+        dropout_rng=dropout_rng, return_probs=return_probs, loop=loop, halo=halo)
     if not return_probs:
         return _deinterleave(result, dilation, length)
     out, probs = result
@@ -416,6 +471,7 @@ def dilated_band_attention(
     dropout_rng: jax.Array | None = None,
     return_probs: bool = False,
     loop: bool = False,
+    axis: str | None = None,
 ):
     """`band_attention` with dilation d: query i sees keys i - left*d, ..., i - d, i, i + d, ...
     up to i + right*d (and the extra columns, as before).
@@ -427,13 +483,15 @@ def dilated_band_attention(
     grouped by value and each group is one call; undilated heads take `band_attention` unchanged.
 
     Same arguments and results as `band_attention`; with `return_probs` band column t holds the
-    weight of offset (t - left) * d.
+    weight of offset (t - left) * d. With `axis` (inside `shard_map`, the rows one shard's of a
+    document split over the devices) each head group fetches its halo of `left * d` rows before
+    and `right * d` after from the neighbouring shards (`fetch_halo`): nothing else travels.
     """
     heads = q.shape[2]
     per_head = layer_dilation(dilation, heads)
     kwargs = dict(left=left, right=right, query_mask=query_mask, extra_mask=extra_mask,
                   segments=segments, extra_segments=extra_segments, block=block,
-                  dropout_rate=dropout_rate, return_probs=return_probs, loop=loop)
+                  dropout_rate=dropout_rate, return_probs=return_probs, loop=loop, axis=axis)
     groups = sorted(set(per_head))
     if len(groups) == 1:
         return _dilated_band_one(q, k, v, key_mask, dilation=groups[0], extra_k=extra_k,

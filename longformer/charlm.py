@@ -27,7 +27,7 @@ import numpy as np
 from longformer import attention as attn_op
 from longformer import segments
 from longformer.config import LongformerConfig
-from longformer.layers import REMAT_POLICIES, Dense, DenseParams, Embed, LayerNorm, activation, concrete, linear
+from longformer.layers import REMAT_POLICIES, Dense, DenseParams, Embed, LayerNorm, activation, concrete, linear, rotary
 from longformer.modeling import ResolvedModule
 
 VOCAB_SIZE = 256  # bytes
@@ -45,22 +45,6 @@ def geometric_windows(first: int, last: int, layers: int, multiple: int = 32) ->
     ratio = (last / first) ** (1.0 / (layers - 1))
     return tuple(max(multiple, int(round(first * ratio ** i / multiple)) * multiple)
                  for i in range(layers))
-
-
-def rotary(x: jax.Array, positions: jax.Array, base: float = 10000.0) -> jax.Array:
-    """Rotates pairs of features of x (B, N, H, D) by position-dependent angles (RoPE);
-    positions (N,), or (B, N) for packed rows (restarting at each sequence).
-
-    q_i . k_j then depends on positions only through i - j: relative positions for free.
-    """
-    half = x.shape[-1] // 2
-    freq = base ** (-np.arange(half, dtype=np.float32) / half)
-    angle = positions.astype(jnp.float32)[..., None] * freq  # ([B,] N, D/2)
-    angle = angle if angle.ndim == 3 else angle[None]
-    sin, cos = jnp.sin(angle)[:, :, None, :], jnp.cos(angle)[:, :, None, :]
-    x32 = x.astype(jnp.float32)
-    x1, x2 = x32[..., :half], x32[..., half:]
-    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
 
 
 class CharLMAttention(nn.Module):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 from typing import Any, Sequence
 
 import jax.numpy as jnp
@@ -46,6 +47,7 @@ PLATFORMS = ("auto", "cpu", "gpu", "tpu")
 _PLATFORM_ALIASES = {"cuda": "gpu", "rocm": "gpu"}
 CONFIG_JSON = "a transformers Longformer config.json"
 REMAT_POLICIES = ("none", "minimal", "full", "dots", "dots_no_batch")
+POSITION_TYPES = ("absolute", "rotary")
 ACTIVATIONS = ("gelu", "gelu_new", "gelu_pytorch_tanh", "relu", "silu", "swish", "tanh")
 
 
@@ -86,6 +88,9 @@ class LongformerConfig:
     platform: str = "auto"  # auto | cpu | gpu | tpu (see PLATFORMS and `resolve`)
     attention_dilation: Any = 1  # int | one per layer | per layer one per head (see the docstring)
     causal: bool = False  # one-sided windows (autoregressive); needs max_global_tokens=0
+    # 'absolute': the reference's learned position table (its checkpoints need it); 'rotary':
+    # RoPE on every query and key (local and global), no table, so no limit on the length.
+    position_embedding_type: str = "absolute"
 
     def __post_init__(self):
         if self.attention_impl == "banded":  # the name before the band had two layouts
@@ -136,6 +141,9 @@ class LongformerConfig:
             fail(f"attention_impl {self.attention_impl!r} is not one of {ATTENTION_IMPLS}")
         if self.platform not in PLATFORMS + tuple(_PLATFORM_ALIASES):
             fail(f"platform {self.platform!r} is not one of {PLATFORMS}")
+        if self.position_embedding_type not in POSITION_TYPES:
+            fail(f"position_embedding_type {self.position_embedding_type!r} is not one of "
+                 f"{POSITION_TYPES}")
         if self.attention_block_size < 0:
             fail(f"attention_block_size must be >= 0, got {self.attention_block_size}")
         self._validate_dilation_and_causal(fail)
@@ -202,8 +210,15 @@ class LongformerConfig:
 
     @property
     def max_sequence_length(self) -> int:
-        """Longest input the position table allows (RoBERTa positions start at pad_token_id + 1)."""
+        """Longest input the position table allows (RoBERTa positions start at pad_token_id + 1);
+        rotary positions have no table and no limit."""
+        if self.rotary:
+            return sys.maxsize
         return self.max_position_embeddings - self.pad_token_id - 1
+
+    @property
+    def rotary(self) -> bool:
+        return self.position_embedding_type == "rotary"
 
     @property
     def compute_dtype(self):
@@ -266,6 +281,10 @@ class LongformerConfig:
         return cls(**kwargs)
 
     def to_hf_dict(self, architectures: Sequence[str] | None = None) -> dict[str, Any]:
+        if self.rotary:
+            raise ValueError("a model with rotary positions has no position table: the "
+                             "transformers Longformer cannot read it (keep its checkpoints in "
+                             "this project's format)")
         d: dict[str, Any] = {k: getattr(self, k) for k in HF_FIELDS if k != "num_labels"}
         windows = self.layer_windows
         d["attention_window"] = list(windows)

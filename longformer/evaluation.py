@@ -161,8 +161,10 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, checkpoint: str, *,
     buckets = bucketing.for_task(config, task) if bucketed else None
     if buckets is not None:
         log.info("eval in length buckets %s", list(buckets.lengths))
-    outputs = eval_outputs(eval_fn, params, task.eval_data, batch_sh,
-                           config.logging.eval_batches, check=task.check_batch, buckets=buckets)
+    with sharding.activation_context(mesh):  # traced with the mesh: a `sequence` axis splits
+        outputs = eval_outputs(eval_fn, params, task.eval_data, batch_sh,
+                               config.logging.eval_batches, check=task.check_batch,
+                               buckets=buckets)
     metrics = task.summarize(outputs)
     result = {"checkpoint": os.path.abspath(checkpoint), "step": step, "task": config.task,
               "metrics": metrics}

@@ -57,9 +57,16 @@ def _matmul_f32_bwd(res, g):
     x, w = res
     g = g.astype(x.dtype)  # the output is rounded to x.dtype by its consumer: no loss
     gx = jnp.dot(g, w.T, preferred_element_type=jnp.float32).astype(x.dtype)
-    gw = jnp.dot(x.reshape(-1, x.shape[-1]).T, g.reshape(-1, g.shape[-1]),
-                 preferred_element_type=jnp.float32).astype(w.dtype)
+    gw = jnp.tensordot(x, g, axes=(_leading(x), _leading(g)),
+                       preferred_element_type=jnp.float32).astype(w.dtype)
     return gx, gw
+
+
+def _leading(x) -> tuple[int, ...]:
+    """Every axis but the last: the rows that a weight gradient sums over. Contracted as they
+    are, not reshaped into one, so that rows split over a mesh (a document's positions over the
+    `sequence` axis) stay split: GSPMD cannot merge a split axis into an unsplit one."""
+    return tuple(range(x.ndim - 1))
 
 
 matmul_f32.defvjp(_matmul_f32_fwd, _matmul_f32_bwd)
@@ -88,10 +95,10 @@ def _layer_norm_fwd(x, scale, bias, eps):
 
 def _layer_norm_bwd(eps, res, g):
     normed, rstd, scale = res
-    rows = g.reshape(-1, g.shape[-1])
-    ones = jnp.ones((1, rows.shape[0]), jnp.float32)
-    d_bias = jnp.dot(ones, rows)[0]
-    d_scale = jnp.dot(ones, rows * normed.reshape(rows.shape))[0]
+    ones = jnp.ones(g.shape[:-1], jnp.float32)
+    lead = _leading(g)
+    d_bias = jnp.tensordot(ones, g, axes=(lead, lead))
+    d_scale = jnp.tensordot(ones, g * normed, axes=(lead, lead))
     d_normed = g * scale
     d_x = rstd * (d_normed - jnp.mean(d_normed, axis=-1, keepdims=True)
                   - normed * jnp.mean(d_normed * normed, axis=-1, keepdims=True))

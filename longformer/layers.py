@@ -152,3 +152,19 @@ class Embed(nn.Module):
         table = self.param("embedding", nn.with_logical_partitioning(init, self.axes),
                            (self.num, self.config.hidden_size), self.config.params_dtype)
         return jnp.take(table, ids, axis=0).astype(self.config.compute_dtype)
+
+
+def rotary(x: jax.Array, positions: jax.Array, base: float = 10000.0) -> jax.Array:
+    """Rotates pairs of features of x (B, N, H, D) by position-dependent angles (RoPE);
+    positions (N,), or (B, N) for packed rows (restarting at each sequence).
+
+    q_i . k_j then depends on positions only through i - j: relative positions for free.
+    """
+    half = x.shape[-1] // 2
+    freq = base ** (-np.arange(half, dtype=np.float32) / half)
+    angle = positions.astype(jnp.float32)[..., None] * freq  # ([B,] N, D/2)
+    angle = angle if angle.ndim == 3 else angle[None]
+    sin, cos = jnp.sin(angle)[:, :, None, :], jnp.cos(angle)[:, :, None, :]
+    x32 = x.astype(jnp.float32)
+    x1, x2 = x32[..., :half], x32[..., half:]
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)

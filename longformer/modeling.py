@@ -21,8 +21,20 @@ from jax.ad_checkpoint import checkpoint_name
 from longformer import attention as attn_op
 from longformer import global_attention
 from longformer import segments as segments_lib
+from longformer import sequence_parallel as sp
 from longformer.config import PLATFORMS, LongformerConfig
-from longformer.layers import REMAT_POLICIES, Dense, DenseParams, Embed, LayerNorm, activation, concrete, gelu, linear
+from longformer.layers import (
+    REMAT_POLICIES,
+    Dense,
+    DenseParams,
+    Embed,
+    LayerNorm,
+    activation,
+    concrete,
+    gelu,
+    linear,
+    rotary,
+)
 from longformer.layout import layer_runs, run_name, with_layer_axis
 from longformer.losses import masked_cross_entropy, question_answering_loss, sequence_classification_loss
 
@@ -79,8 +91,10 @@ class LongformerEmbeddings(nn.Module):
         if inputs_embeds is None:
             inputs_embeds = Embed(cfg.vocab_size, cfg, zero_row=cfg.pad_token_id,
                                   name="word_embeddings")(input_ids)
-        pos = Embed(cfg.max_position_embeddings, cfg, axes=("pos", "embed"),
-                    zero_row=cfg.pad_token_id, name="position_embeddings")(position_ids)
+        pos = 0.0  # rotary positions are applied in attention, to queries and keys
+        if not cfg.rotary:
+            pos = Embed(cfg.max_position_embeddings, cfg, axes=("pos", "embed"),
+                        zero_row=cfg.pad_token_id, name="position_embeddings")(position_ids)
         types = Embed(cfg.type_vocab_size, cfg, axes=("pos", "embed"),
                       name="token_type_embeddings")(token_type_ids)
         x = LayerNorm(cfg, name="LayerNorm")(inputs_embeds.astype(cfg.compute_dtype) + pos + types)
@@ -94,8 +108,8 @@ class LongformerSelfAttention(nn.Module):
     layer_index: int
 
     @nn.compact
-    def __call__(self, x, attention_mask, globals_, segment_ids=None, deterministic=True,
-                 output_attentions=False):
+    def __call__(self, x, attention_mask, globals_, segment_ids=None, positions=None,
+                 deterministic=True, output_attentions=False):
         cfg = self.config
         batch, length, hidden = x.shape
         heads, dim = cfg.num_attention_heads, cfg.head_dim
@@ -106,7 +120,8 @@ class LongformerSelfAttention(nn.Module):
         # The global rows need key_global / value_global of every token. With fewer global slots
         # than the head size they are cheaper left unprojected (`attention.GlobalProjection`);
         # otherwise they ride along with the local projections in one matmul.
-        factored = use_global and globals_.index.shape[1] < dim
+        # (Rotary keys depend on their position: they cannot be factored through the input.)
+        factored = use_global and globals_.index.shape[1] < dim and not cfg.rotary
         global_names = ["key_global", "value_global"] if use_global else []
         params = {n: DenseParams(hidden, cfg, ("embed", "heads"), name=n)(hidden)
                   for n in ["query", "key", "value"] + global_names}
@@ -117,16 +132,21 @@ class LongformerSelfAttention(nn.Module):
         split = jnp.split(fused, len(names), axis=-1)
         proj = {n: s.reshape(batch, length, heads, dim) for n, s in zip(names, split)}
         scale = 1.0 / np.sqrt(dim)
+        if cfg.rotary:
+            proj = {n: rotary(p, positions) if n.startswith(("query", "key")) else p
+                    for n, p in proj.items()}
         q = (proj["query"].astype(jnp.float32) * scale).astype(dtype)
 
         q_global = k_global = v_global = None
         if use_global:
             qg_kernel, qg_bias = DenseParams(hidden, cfg, ("embed", "heads"),
                                              name="query_global")(hidden)
-            x_global = attn_op.gather_rows(x, globals_.index).astype(dtype)
+            x_global = _gather_rows(x, globals_.index).astype(dtype)
             q_global = linear(x_global, qg_kernel, qg_bias, cfg)
             q_global = (q_global.astype(jnp.float32) * scale).astype(dtype)
             q_global = q_global.reshape(batch, -1, heads, dim)
+            if cfg.rotary:
+                q_global = rotary(q_global, _gather_rows(positions, globals_.index))
             if factored:
                 (k_kernel, k_bias), (v_kernel, v_bias) = params["key_global"], params["value_global"]
                 k_global = attn_op.GlobalProjection(
@@ -144,12 +164,17 @@ class LongformerSelfAttention(nn.Module):
                       dropout_rate=rate, dropout_rng=rng, return_probs=output_attentions,
                       upcast_global=cfg.on_cpu, segment_ids=segment_ids)
         if impl == "dense":
+            if sp.shards() > 1:
+                raise ValueError("attention_impl='dense' does not split the sequence over the "
+                                 "mesh's `sequence` axis; use 'auto'")
             result = attn_op.dense_longformer_attention(
                 q, proj["key"], proj["value"], attention_mask, **kwargs)
         else:
-            result = attn_op.longformer_attention(
-                q, proj["key"], proj["value"], attention_mask,
-                dilation=cfg.layer_dilations[self.layer_index], loop=impl == "loop", **kwargs)
+            op = (attn_op.sharded_longformer_attention if sp.shards() > 1
+                  else attn_op.longformer_attention)
+            result = op(q, proj["key"], proj["value"], attention_mask,
+                        dilation=cfg.layer_dilations[self.layer_index], loop=impl == "loop",
+                        **kwargs)
         if not output_attentions:
             return result.reshape(batch, length, hidden), None, None
         out, probs, g_probs = result
@@ -161,12 +186,12 @@ class LongformerLayer(nn.Module):
     layer_index: int
 
     @nn.compact
-    def __call__(self, x, attention_mask, globals_, segment_ids=None, deterministic=True,
-                 output_attentions=False):
+    def __call__(self, x, attention_mask, globals_, segment_ids=None, positions=None,
+                 deterministic=True, output_attentions=False):
         cfg = self.config
         x = nn.with_logical_constraint(x, ("batch", "length", None))  # hidden size replicated
         a, probs, g_probs = _AttentionBlock(cfg, self.layer_index, name="attention")(
-            x, attention_mask, globals_, segment_ids, deterministic, output_attentions)
+            x, attention_mask, globals_, segment_ids, positions, deterministic, output_attentions)
         h = _Intermediate(cfg, name="intermediate")(a)
         out = _Output(cfg, name="output")(h, a, deterministic)
         return out, probs, g_probs
@@ -177,9 +202,10 @@ class _AttentionBlock(nn.Module):
     layer_index: int
 
     @nn.compact
-    def __call__(self, x, attention_mask, globals_, segment_ids, deterministic, output_attentions):
+    def __call__(self, x, attention_mask, globals_, segment_ids, positions, deterministic,
+                 output_attentions):
         a, probs, g_probs = LongformerSelfAttention(self.config, self.layer_index, name="self")(
-            x, attention_mask, globals_, segment_ids, deterministic, output_attentions)
+            x, attention_mask, globals_, segment_ids, positions, deterministic, output_attentions)
         out = _Output(self.config, ("heads", "embed"), "attention_out", name="output")(
             a, x, deterministic)
         return out, probs, g_probs
@@ -231,13 +257,13 @@ class LongformerEncoder(nn.Module):
     config: LongformerConfig
 
     @nn.compact
-    def __call__(self, x, attention_mask, globals_, segment_ids=None, deterministic=True,
-                 output_attentions=False, output_hidden_states=False):
+    def __call__(self, x, attention_mask, globals_, segment_ids=None, positions=None,
+                 deterministic=True, output_attentions=False, output_hidden_states=False):
         cfg = self.config
         self._check_layout()
         if not cfg.scan_layers:
-            return self._unrolled(x, attention_mask, globals_, segment_ids, deterministic,
-                                  output_attentions, output_hidden_states)
+            return self._unrolled(x, attention_mask, globals_, segment_ids, positions,
+                                  deterministic, output_attentions, output_hidden_states)
         dropout_key = None if deterministic else self.make_rng("dropout")
         hidden, attentions, global_attentions = [], [], []
         for first, count in layer_runs(cfg):
@@ -248,14 +274,14 @@ class LongformerEncoder(nn.Module):
                 rngs = (None if dropout_key is None
                         else {"dropout": jax.random.fold_in(dropout_key, index)})
                 out, probs, g_probs = layer.apply({"params": p}, h, attention_mask, globals_,
-                                                  segment_ids, deterministic, output_attentions,
-                                                  rngs=rngs)
+                                                  segment_ids, positions, deterministic,
+                                                  output_attentions, rngs=rngs)
                 return out, (h if output_hidden_states else None, probs, g_probs)
 
             if cfg.remat != "none":
                 body = jax.checkpoint(body, policy=REMAT_POLICIES[cfg.remat], prevent_cse=False)
             params = self.param(run_name(first, count), _stacked_init(layer, count), x,
-                                attention_mask, globals_, segment_ids)
+                                attention_mask, globals_, segment_ids, positions)
             # Matrices in the compute dtype (the layer casts them anyway): with bfloat16 compute
             # the scan's copy and its gradient take half the memory.
             params = jax.tree.map(lambda p: p.astype(cfg.compute_dtype) if p.ndim >= 3 else p,
@@ -271,20 +297,21 @@ class LongformerEncoder(nn.Module):
             hidden.append(x)
         return x, tuple(hidden), tuple(attentions), tuple(global_attentions)
 
-    def _unrolled(self, x, attention_mask, globals_, segment_ids, deterministic,
+    def _unrolled(self, x, attention_mask, globals_, segment_ids, positions, deterministic,
                   output_attentions, output_hidden_states):
         cfg = self.config
         layer_cls = LongformerLayer
         if cfg.remat != "none":
             # Arguments count `self` as 0: deterministic and output_attentions are static.
             layer_cls = nn.remat(LongformerLayer, policy=REMAT_POLICIES[cfg.remat],
-                                 static_argnums=(5, 6))
+                                 static_argnums=(6, 7))
         hidden, attentions, global_attentions = [], [], []
         for i in range(cfg.num_hidden_layers):
             if output_hidden_states:
                 hidden.append(x)
             x, probs, g_probs = layer_cls(cfg, i, name=f"layer_{i}")(
-                x, attention_mask, globals_, segment_ids, deterministic, output_attentions)
+                x, attention_mask, globals_, segment_ids, positions, deterministic,
+                output_attentions)
             attentions.append(probs)
             global_attentions.append(g_probs)
         if output_hidden_states:
@@ -328,9 +355,11 @@ def _check_shape(name: str, x, shape: tuple[int, ...]):
 
 def _tables(config: LongformerConfig) -> dict[str, tuple[int, str]]:
     """The inputs that index a table: name -> (table size, the config field that sets it)."""
-    return {"input_ids": (config.vocab_size, "vocab_size"),
-            "token_type_ids": (config.type_vocab_size, "type_vocab_size"),
-            "position_ids": (config.max_position_embeddings, "max_position_embeddings")}
+    tables = {"input_ids": (config.vocab_size, "vocab_size"),
+              "token_type_ids": (config.type_vocab_size, "type_vocab_size")}
+    if not config.rotary:
+        tables["position_ids"] = (config.max_position_embeddings, "max_position_embeddings")
+    return tables
 
 
 def check_input_ids(config: LongformerConfig, where: str = "", **inputs) -> None:
@@ -391,6 +420,29 @@ def _check_segments(segment_ids, global_attention_mask) -> None:
         at = tuple(int(i) for i in np.argwhere((glob > 0) & (seg == 0))[0])
         raise ValueError(f"global_attention_mask marks position {at} as global, but "
                          f"segment_ids is 0 (padding) there")
+
+
+def _gather_rows(x, index):
+    """x's rows at positions index (B, G); from the shards that hold them when the sequence is
+    split over the mesh."""
+    if sp.shards() == 1:
+        return attn_op.gather_rows(x, index)
+    return sp.over_sequence(lambda xs, i: attn_op.gather_rows(xs, i, sp.AXIS),
+                            (sp.along(1), sp.P()), sp.P())(x, index)
+
+
+def _global_token_indices(is_global, budget: int) -> attn_op.GlobalIndices:
+    if sp.shards() == 1:
+        return attn_op.global_token_indices(is_global, budget)
+    return sp.over_sequence(lambda m: attn_op.global_token_indices(m, budget, sp.AXIS),
+                            (sp.along(1),), sp.P())(is_global)
+
+
+def _count_real(real, segment_ids):
+    """The reference's position count (non-pad tokens so far), over the whole document."""
+    if sp.shards() == 1:
+        return segments_lib.count_within(real, segment_ids)
+    return sp.over_sequence(lambda r: sp.cumsum(r, sp.AXIS), (sp.along(1),), sp.along(1))(real)
 
 
 def _pad_to(x, length: int, value):
@@ -454,25 +506,35 @@ class LongformerModel(ResolvedModule):
                           else jnp.asarray(token_type_ids))
 
         # Pad to a multiple of the largest window, as the reference does; cut back at the end.
-        padded = -(-length // cfg.max_window) * cfg.max_window
-        attention_mask = _pad_to(attention_mask, padded, 0)
-        global_mask = _pad_to(global_mask, padded, 0)
-        token_type_ids = _pad_to(token_type_ids, padded, 0)
+        # A document split over the mesh's `sequence` axis is padded to whole windows per shard.
+        shards = sp.shards()
+        if shards > 1 and segment_ids is not None:
+            raise ValueError("packed rows (segment_ids) are not split over the mesh's `sequence` "
+                             "axis; pack short sequences with sequence=1")
+        multiple = cfg.max_window * shards
+        padded = -(-length // multiple) * multiple
+
+        def along_length(x):  # (B, N[, E]) split over `sequence` when the mesh has one
+            names = ("batch", "length") + (None,) * (x.ndim - 2)
+            return None if x is None else nn.with_logical_constraint(x, names)
+
+        attention_mask = along_length(_pad_to(attention_mask, padded, 0))
+        global_mask = along_length(_pad_to(global_mask, padded, 0))
+        token_type_ids = along_length(_pad_to(token_type_ids, padded, 0))
         segment_ids = _pad_to(segment_ids, padded, 0)
         if input_ids is not None:
-            input_ids = _pad_to(jnp.asarray(input_ids), padded, cfg.pad_token_id)
+            input_ids = along_length(_pad_to(jnp.asarray(input_ids), padded, cfg.pad_token_id))
             if position_ids is None:  # the reference's: count of non-pad tokens so far
                 real = (input_ids != cfg.pad_token_id).astype(jnp.int32)
-                position_ids = segments_lib.count_within(real, segment_ids) * real + cfg.pad_token_id
+                position_ids = _count_real(real, segment_ids) * real + cfg.pad_token_id
         else:
             inputs_embeds = jnp.asarray(inputs_embeds)
-            inputs_embeds = _pad_to(inputs_embeds, padded, 0)  # padding is never attended to
+            # Padding is never attended to.
+            inputs_embeds = along_length(_pad_to(inputs_embeds, padded, 0))
             if position_ids is None:
-                ones = jnp.ones(shape, jnp.int32)
-                position_ids = segments_lib.count_within(
-                    ones, None if segment_ids is None else segment_ids[:, :length]
-                ) + cfg.pad_token_id
-        position_ids = _pad_to(jnp.asarray(position_ids), padded, cfg.pad_token_id)
+                ones = along_length(_pad_to(jnp.ones(shape, jnp.int32), padded, 0))
+                position_ids = (_count_real(ones, segment_ids) + cfg.pad_token_id)[:, :length]
+        position_ids = along_length(_pad_to(jnp.asarray(position_ids), padded, cfg.pad_token_id))
 
         out_of_range = _ids_out_of_range(cfg, input_ids=input_ids, token_type_ids=token_type_ids,
                                          position_ids=position_ids)
@@ -484,7 +546,7 @@ class LongformerModel(ResolvedModule):
         globals_, overflow = None, jnp.zeros((batch,), bool)
         known = _concrete(is_global)
         if cfg.max_global_tokens > 0:
-            globals_ = attn_op.global_token_indices(is_global, cfg.max_global_tokens)
+            globals_ = _global_token_indices(is_global, cfg.max_global_tokens)
             overflow = globals_.overflow
         if known is not None and known.sum(1).max(initial=0) > cfg.max_global_tokens:
             counts = known.sum(1)
@@ -492,10 +554,13 @@ class LongformerModel(ResolvedModule):
                 f"example {int(counts.argmax())} asks for {int(counts.max())} global tokens but "
                 f"the budget is max_global_tokens={cfg.max_global_tokens}; raise it in the config")
 
+        # Rotary positions count from 0 (the table's rows start after pad_token_id).
+        positions = (jnp.maximum(position_ids - cfg.pad_token_id - 1, 0) if cfg.rotary
+                     else None)
         x, hidden, attentions, global_attentions = LongformerEncoder(cfg, name="encoder")(
-            x, is_real, globals_, segment_ids, deterministic, output_attentions,
+            x, is_real, globals_, segment_ids, positions, deterministic, output_attentions,
             output_hidden_states)
-        x = x[:, :length]
+        x = along_length(x[:, :length])
         pooled = LongformerPooler(cfg, name="pooler")(x) if self.add_pooling_layer else None
         return LongformerOutput(
             last_hidden_state=x,
@@ -592,7 +657,8 @@ class _LMHead(nn.Module):
         h = LayerNorm(cfg, name="layer_norm")(gelu(h, cfg))
         bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("vocab",)),
                           (cfg.vocab_size,), cfg.params_dtype)
-        return linear(h, word_table.T, bias, cfg)
+        logits = linear(h, word_table.T, bias, cfg)
+        return nn.with_logical_constraint(logits, ("batch", "length", "vocab"))
 
 
 class LongformerForSequenceClassification(_Head):

@@ -1,7 +1,8 @@
 """The device mesh and how logical axis names map onto it.
 
 Parameters carry logical names (`embed`, `heads`, `mlp`, `vocab`, ...); a small rule table maps
-them to the mesh axes `data`, `fsdp` and `tensor`. A dimension that a mesh axis does not divide
+them to the mesh axes `data`, `fsdp`, `sequence` and `tensor` (`sequence` splits activations
+along their positions: `sequence_parallel.py`). A dimension that a mesh axis does not divide
 stays replicated on that axis (a vocabulary of 50265 rows cannot be split in two), so any config
 runs on any mesh.
 """
@@ -18,12 +19,12 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-MESH_AXES = ("data", "fsdp", "tensor")
+MESH_AXES = ("data", "fsdp", "sequence", "tensor")
 
 # Logical axis -> mesh axes (None: replicated).
 DEFAULT_RULES = (
     ("batch", ("data", "fsdp")),
-    ("length", None),
+    ("length", "sequence"),  # activations' positions: one document over devices
     ("embed", "fsdp"),
     ("heads", "tensor"),
     ("mlp", "tensor"),
@@ -43,10 +44,17 @@ def activation_context(mesh: Mesh, rules=DEFAULT_RULES):
 
 
 def mesh_shape(shape: Sequence[int], num_devices: int) -> tuple[int, ...]:
-    """Resolves one `-1` entry to fill the devices; checks the product."""
+    """Resolves one `-1` entry to fill the devices; checks the product.
+
+    Three entries are the shape of the mesh before it had a `sequence` axis (data, fsdp,
+    tensor): read with sequence 1, so the configs of earlier runs keep working.
+    """
     shape = list(shape)
+    if len(shape) == 3:
+        shape.insert(2, 1)
     if len(shape) != len(MESH_AXES):
-        raise ValueError(f"mesh shape {shape} must have {len(MESH_AXES)} entries {MESH_AXES}")
+        raise ValueError(f"mesh shape {shape} must have {len(MESH_AXES)} entries {MESH_AXES} "
+                         "(or 3: data, fsdp, tensor, with sequence 1)")
     if shape.count(-1) > 1:
         raise ValueError(f"mesh shape {shape}: at most one entry may be -1")
     if -1 in shape:
@@ -60,7 +68,7 @@ def mesh_shape(shape: Sequence[int], num_devices: int) -> tuple[int, ...]:
     return tuple(shape)
 
 
-def make_mesh(shape: Sequence[int] = (-1, 1, 1), devices=None) -> Mesh:
+def make_mesh(shape: Sequence[int] = (-1, 1, 1, 1), devices=None) -> Mesh:
     devices = jax.devices() if devices is None else devices
     resolved = mesh_shape(shape, len(devices))
     return jax.make_mesh(resolved, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES),

@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 STRUCTURAL = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
               "intermediate_size", "hidden_act", "max_position_embeddings", "type_vocab_size",
               "layer_norm_eps", "attention_window", "pad_token_id", "bos_token_id",
-              "eos_token_id", "sep_token_id")
+              "eos_token_id", "sep_token_id", "position_embedding_type")
 # The fields that fix parameter shapes: a checkpoint and the model must agree on them.
 SHAPES = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
           "intermediate_size", "max_position_embeddings", "type_vocab_size")
