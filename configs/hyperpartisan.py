@@ -4,11 +4,12 @@ articles), classification on `<s>` with global attention there.
 
 Read as distributed (`data.format='hyperpartisan'`): an articles XML file and its ground-truth
 XML file, both in `data.train_file` (and both in `data.eval_file`), joined by article id. The
-paper used the train/dev/test split of Gururangan et al. (2020) of the 645 by-article articles
-(516/64/65), which that work distributes as JSON lines `{"text", "label": "true"|"false"}`: those
-read with `--config.data.format=''`. Labels 'false', 'true'; metrics accuracy, macro F1 and
-`f1`, the binary F1 of 'true'. Whether Table 7's 94.8 is accuracy or F1 was not settled from the
-sources read here (Gururangan et al. report macro F1 on this split); all three are written.
+paper's dev figure is, as we understand it (not re-read here), on the train/dev/test split of
+the 645 by-article articles (516/64/65) that Gururangan et al. (2020) distribute as JSON lines
+`{"text", "label"}`: those read with `--config.data.format=''`. Labels 'false', 'true';
+metrics accuracy, macro F1 and `f1`, the binary F1 of 'true'. Whether Table 7's 94.8 is
+accuracy or F1 was not settled from the sources read here (Gururangan et al. report macro F1 on
+this split); all three are written.
 The 5 seeds, with mean and spread:
 
     python -m longformer.seeds --config=configs/hyperpartisan.py --workdir=runs/hp --seeds=5 \

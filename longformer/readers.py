@@ -18,8 +18,8 @@ by file and row), and everything after that is the tasks' own unchanged path:
   in the file's `huggingface` schema metadata, as `datasets` writes it; also inside lists, e.g.
   `ner_tags`), so labels mean what the dataset says whatever the int order. An int -1 (the
   "no label" of unlabelled splits) is an error. Without that metadata ints stay ints, and the
-  classification label set is `data.labels` or the sorted values. A bool `label` reads as
-  'true'/'false' (the SemEval XML's spelling).
+  classification label set is `data.labels` or the sorted values. A bool `label` (in any
+  format) reads as 'true'/'false', the SemEval XML's spelling.
 """
 
 from __future__ import annotations
@@ -61,8 +61,11 @@ def parse_fields(spec: str) -> dict[str, str]:
 
 
 def _rename(rec: dict, fields: dict[str, str]) -> dict:
+    """The record with its fields renamed; a bool `label` as 'true'/'false' (two label names)."""
     values = {name: rec.pop(column) for name, column in fields.items() if column in rec}
     rec.update(values)
+    if isinstance(rec.get("label"), bool):
+        rec["label"] = "true" if rec["label"] else "false"
     return rec
 
 
@@ -111,8 +114,8 @@ def _imdb_roots(pattern: str, split: str) -> list[str]:
             path = os.path.join(path, IMDB_SPLITS[split])
         if not _is_imdb_split(path):
             raise _bad(f"{path}: not an aclImdb split folder (expected pos/ and neg/ "
-                            f"inside it, or {IMDB_SPLITS[split]}/pos and "
-                            f"{IMDB_SPLITS[split]}/neg)")
+                       f"inside it, or {IMDB_SPLITS[split]}/pos and "
+                       f"{IMDB_SPLITS[split]}/neg)")
         roots.append(path)
     return roots
 
@@ -126,7 +129,7 @@ def _imdb_reviews(root: str) -> Iterator[tuple[str, str]]:
             match = _REVIEW.fullmatch(name)
             if not match:
                 raise _bad(f"{os.path.join(folder, name)}: not an aclImdb review "
-                                "(file names are <id>_<rating>.txt)")
+                           "(file names are <id>_<rating>.txt)")
             numbered.append((int(match[1]), name))
         for _, name in sorted(numbered):
             yield os.path.join(folder, name), label
@@ -161,15 +164,13 @@ def _articles(path: str) -> Iterator[ET.Element]:
         _, root = next(context)
         if root.tag != "articles":
             raise _bad(f"{path}: the root element is <{root.tag}>, not <articles>; "
-                            f"expected {_HP_WHAT}")
+                       f"expected {_HP_WHAT}")
         for event, element in context:
             if event == "end" and element.tag == "article":
                 yield element
                 root.clear()
-    except ET.ParseError as e:
-        line, column = e.position
-        raise FileFormatError(f"{path}: not valid XML (line {line}, column {column}: {e}); "
-                              f"expected {_HP_WHAT}") from None
+    except ET.ParseError as e:  # "mismatched tag: line 5, column 37"
+        raise FileFormatError(f"{path}: not valid XML ({e}); expected {_HP_WHAT}") from None
 
 
 def _is_ground_truth(path: str) -> bool:
@@ -205,15 +206,15 @@ def read_hyperpartisan(paths: list[str]) -> list[dict]:
     article_files = [p for p in paths if p not in truth_files]
     if not truth_files or not article_files:
         raise _bad(f"{', '.join(paths)}: Hyperpartisan needs an articles file and its "
-                        "ground-truth file; found only "
-                        f"{'ground truth' if truth_files else 'articles'}")
+                   "ground-truth file; found only "
+                   f"{'ground truth' if truth_files else 'articles'}")
     truth: dict[str, tuple[str, str]] = {}  # id -> (label, ground-truth file)
     for path in truth_files:
         for article in _articles(path):
             key, label = _article_id(path, article), article.get("hyperpartisan")
             if label not in ("true", "false"):
                 raise _bad(f"{path}: article id {key!r} has hyperpartisan={label!r}, not "
-                                "'true' or 'false'")
+                           "'true' or 'false'")
             if key in truth:
                 raise _bad(f"{path}: article id {key!r} has ground truth twice")
             truth[key] = (label, path)
@@ -223,7 +224,7 @@ def read_hyperpartisan(paths: list[str]) -> list[dict]:
             key = _article_id(path, article)
             if key not in truth:
                 raise _bad(f"{path}: article id {key!r} has no ground truth in "
-                                f"{', '.join(truth_files)}")
+                           f"{', '.join(truth_files)}")
             if key in seen:
                 raise _bad(f"{path}: article id {key!r} occurs twice")
             seen.add(key)
@@ -232,7 +233,7 @@ def read_hyperpartisan(paths: list[str]) -> list[dict]:
     for key, (_, path) in truth.items():
         if key not in seen:
             raise _bad(f"{path}: article id {key!r} has ground truth but no article in "
-                            f"{', '.join(article_files)}")
+                       f"{', '.join(article_files)}")
     return out
 
 
@@ -282,9 +283,9 @@ def read_columnar(path: str, fields: dict[str, str] | None = None) -> list[dict]
     schema, batches = _open_columnar(path)
     missing = [(name, column) for name, column in fields.items() if column not in schema.names]
     if missing:
-        raise _bad(f"{path}: no column " + ", ".join(
-            f"{column!r} (data.fields maps it to {name!r})" for name, column in missing)
-                        + f"; the columns are {schema.names}")
+        named = ", ".join(f"{column!r} (data.fields maps it to {name!r})"
+                          for name, column in missing)
+        raise _bad(f"{path}: no column {named}; the columns are {schema.names}")
     names = class_label_names(schema)
     out = []
     try:
@@ -295,8 +296,6 @@ def read_columnar(path: str, fields: dict[str, str] | None = None) -> list[dict]
                     if column in rec:
                         rec[column] = _label_name(rec[column], labels, where, column)
                 rec = _rename(rec, fields)
-                if isinstance(rec.get("label"), bool):
-                    rec["label"] = "true" if rec["label"] else "false"
                 rec["_where"] = where
                 out.append(rec)
     except (pa.ArrowInvalid, OSError) as e:
@@ -307,9 +306,9 @@ def read_columnar(path: str, fields: dict[str, str] | None = None) -> list[dict]
 def _label_name(value, labels: list[str], where: str, column: str):
     if isinstance(value, list):
         return [_label_name(v, labels, where, column) for v in value]
-    if value is None or not isinstance(value, int):
-        return value  # the task's own check names what is wrong with it
+    if not isinstance(value, int):
+        return value  # None, or not a class index: the task's own check names what is wrong
     if not 0 <= value < len(labels):
         raise _bad(f"{where}: {column} {value} is not a class of {labels}"
-                        + (" (-1: the example is unlabelled)" if value == -1 else ""))
+                   + (" (-1: the example is unlabelled)" if value == -1 else ""))
     return labels[value]
