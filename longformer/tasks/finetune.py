@@ -5,9 +5,10 @@ eval outputs (the tokenizer and the starting weights are `init_from.py`'s).
   its metrics and predictions. `build` makes any of them into a `Task` the same way, so the
   order of checks, what is saved in the workdir and what a checkpoint's identity holds never
   differ between tasks.
-* Records are the JSON objects of the task's data files (or the synthetic ones of
-  `tasks.synthetic` when no file is given). Each carries `_where` ("file:line"), so any problem
-  found later (a label outside the label set, an answer not in its context) names its source.
+* Records are the JSON objects of the task's data files (or rows of Parquet/Arrow files and
+  the native layouts `readers.py` reads, or the synthetic ones of `tasks.synthetic` when no
+  file is given). Each carries `_where` ("file:line", "file:row N"), so any problem found
+  later (a label outside the label set, an answer not in its context) names its source.
   Fine-tuning data is small and labelled by hand: a bad record stops the run with a `DataError`
   rather than being skipped, so scores are never silently computed on part of the data.
 * The global attention mask is computed here, in numpy, for every example and handed to the
