@@ -9,8 +9,7 @@ the 645 by-article articles (516/64/65) that Gururangan et al. (2020) distribute
 `{"text", "label"}`: those read with `--config.data.format=''`. Labels 'false', 'true';
 metrics accuracy, macro F1 and `f1`, the binary F1 of 'true'. Whether Table 7's 94.8 is
 accuracy or F1 was not settled from the sources read here (Gururangan et al. report macro F1 on
-this split); all three are written.
-The 5 seeds, with mean and spread:
+this split); all three are written. The 5 seeds, with mean and spread:
 
     python -m longformer.seeds --config=configs/hyperpartisan.py --workdir=runs/hp --seeds=5 \
         --config.init_from=/path/to/longformer-base-4096 \
@@ -19,16 +18,17 @@ The 5 seeds, with mean and spread:
     # or the SemEval files: train on the by-article training set, evaluate on its test set
     python -m longformer.seeds --config=configs/hyperpartisan.py --workdir=runs/hp_semeval \
         --seeds=5 --config.init_from=/path/to/longformer-base-4096 \
-        --config.data.train_file='/path/*-training-byarticle-20181122.xml' \
-        --config.data.eval_file='/path/*-test-byarticle-20190517.xml'  # articles and ground truth
+        --config.data.train_file='/path/*-training-byarticle-*.xml' \
+        --config.data.eval_file='/path/*-test-byarticle-*.xml'  # articles and ground truth each
     # expected: f1 (or macro_f1) about 0.948 mean over the seeds (Table 7)
 
-The recipe: batch 32, sequences of 4096 tokens (articles longer are cut at the end), 15 epochs,
-as the paper says for Hyperpartisan; linear warm-up over 10% of the steps then linear decay,
-AdamW (b2 0.999, eps 1e-8, no weight decay), as the authors' classification script runs.
-Learning rate 3e-5: not found in the sources read here (the script's default is 2e-5); chosen.
-15 epochs of 516 articles at 32 a step: 241 steps. Gradient clipping at 1.0 is our choice.
-`--config.grad_accum_steps=4` keeps the batch on a smaller device.
+The recipe. From the paper (as issue 14 summarises its appendix; the text itself was not
+available here): batch 32, 4096 tokens (longer articles are cut at the end), `<s>` global, 15
+epochs, the mean of 5 seeds. From the authors' classification script: linear warm-up over 10%
+of the steps then linear decay to 0, AdamW with eps 1e-8 and no weight decay. Our choices:
+learning rate 3e-5 (the script's default is 2e-5), b2 0.999, gradient clipping at 1.0; 15
+epochs of 516 articles at 32 a step are 241 steps. `--config.grad_accum_steps=4` keeps the
+batch on a smaller device.
 
 Without data files it trains the demo-size model below on the synthetic two-label task of
 configs/classify.py at 4096 tokens, so this runs on a CPU:

@@ -39,12 +39,12 @@ from longformer.files import FileFormatError, read_text
 from longformer.tasks import finetune  # its DataError; finetune.load_records calls `read`
 
 FORMATS = ("", "imdb", "hyperpartisan")
+COLUMNAR = (".parquet", ".arrow")
 
 
 def _bad(message: str) -> Exception:
     """The tasks' DataError (looked up when raised: finetune imports this module)."""
     return finetune.DataError(message)
-COLUMNAR = (".parquet", ".arrow")
 
 
 def parse_fields(spec: str) -> dict[str, str]:
@@ -99,7 +99,7 @@ def read(pattern: str, *, fmt: str, fields: str, split: str,
 # ----------------------------------------------------------------------------- IMDB
 _REVIEW = re.compile(r"(\d+)_(\d+)\.txt")
 _BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
-IMDB_SPLITS = {"train": "train", "eval": "test"}  # aclImdb has no dev set: the paper's is test
+IMDB_SPLITS = {"train": "train", "eval": "test"}  # aclImdb has no dev set
 
 
 def _is_imdb_split(path: str) -> bool:
