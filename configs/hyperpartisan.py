@@ -31,7 +31,8 @@ epochs of 516 articles at 32 a step are 241 steps. `--config.grad_accum_steps=4`
 batch on a smaller device.
 
 Without data files it trains the demo-size model below on the synthetic two-label task of
-configs/classify.py at 4096 tokens, so this runs on a CPU:
+configs/classify.py at 4096 tokens, so this runs on a CPU (slowly, as configs/imdb.py says;
+`--config.data.seq_len=256 --config.batch_size=16` takes about a minute):
 
     python train.py --config=configs/hyperpartisan.py --workdir=/tmp/hp_demo --config.total_steps=20
 """
