@@ -65,6 +65,11 @@ def finetune(task: str, *, seq_len: int, windows: Sequence[int]) -> ml_collectio
     c.data = ml_collections.ConfigDict(dict(
         train_file="",  # comma-separated globs; '' generates the synthetic task
         eval_file="",
+        # '' = by extension (.parquet/.arrow via pyarrow, else the task's JSON reader) | 'imdb'
+        # (aclImdb folders) | 'hyperpartisan' (SemEval-2019 XML and ground truth); readers.py
+        format="",
+        # task_field=dataset_field renames, e.g. "text=review,label=sentiment" ('' = as named)
+        fields="",
         seq_len=seq_len,  # tokens per model input, <s> and separators included
         # Pack several examples per row of seq_len (no compute on padding, no attention across
         # examples): at most model.max_segments examples and model.max_global_tokens global

@@ -4,7 +4,7 @@ Each follows the definition people compare numbers against, so scores are compar
 published ones:
 * classification: accuracy and macro F1 as scikit-learn computes them (`f1_score(average=
   'macro')`: the mean over the classes that occur in the gold labels or the predictions; a class
-  with no predicted or no gold example scores 0 there);
+  with no predicted or no gold example scores 0 there), and the binary F1 of one class;
 * multi-label: micro and macro F1 over the label columns, and subset accuracy (every label right);
 * regression: mean squared error (and Pearson's r);
 * token classification: word-level accuracy and micro F1 over the non-`O` tags, and entity-level
@@ -33,6 +33,13 @@ def _f1(tp: float, fp: float, fn: float) -> float:
 def accuracy(predictions: Sequence[int], labels: Sequence[int]) -> float:
     predictions, labels = np.asarray(predictions), np.asarray(labels)
     return float(np.mean(predictions == labels)) if labels.size else 0.0
+
+
+def binary_f1(predictions: Sequence[int], labels: Sequence[int], positive: int = 1) -> float:
+    """F1 of the class `positive` alone (scikit-learn's `f1_score(average='binary')`): what
+    two-class tasks with a class of interest, such as Hyperpartisan's `true`, report."""
+    p, g = np.asarray(predictions) == positive, np.asarray(labels) == positive
+    return _f1(np.sum(p & g), np.sum(p & ~g), np.sum(~p & g))
 
 
 def macro_f1(predictions: Sequence[int], labels: Sequence[int]) -> float:

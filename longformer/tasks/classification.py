@@ -5,7 +5,8 @@ set), 'multi_label' (label: a list of names) or 'regression' (label: a number). 
 `config.data.labels` (comma-separated) or, when empty, every label of the train file, sorted.
 Inputs are `<s> text </s>`; texts longer than `data.seq_len` are cut at the end (the documents
 this model is for usually fit whole: 4096 tokens for longformer-base). Global attention: `<s>`
-(the reference's default for this head; 'none' also works). Metrics: accuracy and macro F1;
+(the reference's default for this head; 'none' also works). Metrics: accuracy and macro F1
+(and with two labels `f1`, the binary F1 of the second: 'pos' of neg/pos, 'true' of false/true);
 micro/macro F1 and subset accuracy (multi-label); MSE and Pearson's r (regression).
 """
 
@@ -136,6 +137,8 @@ def summarize(outputs: list, *, config, facts: dict, evals) -> dict[str, float]:
         predicted = g["logits"].argmax(-1)
         result.update(accuracy=metrics.accuracy(predicted, truth),
                       macro_f1=metrics.macro_f1(predicted, truth))
+        if len(facts["labels"]) == 2:  # the second label is the positive class
+            result["f1"] = metrics.binary_f1(predicted, truth, positive=1)
     elif problem == "multi_label":
         result.update(metrics.multilabel_scores(g["logits"] > 0, truth > 0.5))
     else:

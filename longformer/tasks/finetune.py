@@ -5,9 +5,10 @@ eval outputs (the tokenizer and the starting weights are `init_from.py`'s).
   its metrics and predictions. `build` makes any of them into a `Task` the same way, so the
   order of checks, what is saved in the workdir and what a checkpoint's identity holds never
   differ between tasks.
-* Records are the JSON objects of the task's data files (or the synthetic ones of
-  `tasks.synthetic` when no file is given). Each carries `_where` ("file:line"), so any problem
-  found later (a label outside the label set, an answer not in its context) names its source.
+* Records are the JSON objects of the task's data files (or rows of Parquet/Arrow files and
+  the native layouts `readers.py` reads, or the synthetic ones of `tasks.synthetic` when no
+  file is given). Each carries `_where` ("file:line", "file:row N"), so any problem found
+  later (a label outside the label set, an answer not in its context) names its source.
   Fine-tuning data is small and labelled by hand: a bad record stops the run with a `DataError`
   rather than being skipped, so scores are never silently computed on part of the data.
 * The global attention mask is computed here, in numpy, for every example and handed to the
@@ -34,8 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from longformer import data as data_lib
-from longformer import packing
+from longformer import packing, readers
 from longformer.config import LongformerConfig
 from longformer.modeling import LongformerForSequenceClassification
 from longformer.tasks import init_from, synthetic
@@ -127,11 +127,14 @@ def load_records(config, split: str, synthetic_fn: Callable[[int, int], list[dic
                  reader: Callable[[str], list[dict]] = read_jsonl) -> list[dict]:
     """The records of `config.data.{split}_file`, or synthetic ones when no file is given.
 
-    With a train file but no eval file there is no eval set (None is returned).
+    Files are read in `data.format` with `data.fields` renamed (`readers.read`; by default
+    `reader`, the task's JSON reader, and Parquet/Arrow by extension). With a train file but no
+    eval file there is no eval set (None is returned).
     """
     pattern = config.data[f"{split}_file"]
     if pattern:
-        records = [r for path in data_lib.find_files(pattern) for r in reader(path)]
+        records = readers.read(pattern, fmt=config.data.get("format", ""),
+                               fields=config.data.get("fields", ""), split=split, default=reader)
         if not records:
             raise DataError(f"{pattern}: no records")
         return records
@@ -456,4 +459,5 @@ def build(config, workdir: str, spec: Spec) -> Task:
               **sizes("eval", eval_records, evals and evals.rows), "global attention": mode,
               **({} if layout is None else {"packed train rows": len(pipe_train["input_ids"])})},
         data_files=tuple(path for split in ("train", "eval") if config.data[f"{split}_file"]
-                         for path in data_lib.find_files(config.data[f"{split}_file"])))
+                         for path in readers.source_files(config.data[f"{split}_file"],
+                                                          config.data.get("format", ""), split)))
