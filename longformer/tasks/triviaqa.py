@@ -230,8 +230,8 @@ def encode(config, tokenizer, records: list[dict], facts: dict, mode: str):
         log.info("%d windows hold more than %d answer occurrences; the first %d are kept", cut,
                  most, most)
     if not keep.any():
-        raise finetune.DataError(f"{finetune.where(records[0])} and the rest: no answer occurs in "
-                                 "any training window")
+        raise finetune.DataError(f"no answer occurs in any training window (the first record: "
+                                 f"{finetune.where(records[0])})")
     rows.update(start_positions=starts, end_positions=ends)
     rows = {k: v[keep] for k, v in rows.items()}
     return rows, (windows[keep, 0], offsets[keep], records)
