@@ -22,8 +22,8 @@ marked `QuestionPartOfVerifiedEval`, as the official reader does.
   paper: global attention on the question tokens), built by `qa.window_inputs`. The document is
   cut to its first `data.max_doc_tokens` tokens (the paper: 4096) and split into windows of
   `data.seq_len` overlapping by `data.window_overlap` tokens. Training leaves out windows in
-  which no answer occurs (the authors keep them, but their loss is infinite and they drop it:
-  the same gradient for less work); evaluation keeps every window of every record.
+  which no answer occurs (the authors keep them, but their loss is infinite and dropped, so
+  they add no gradient there either); evaluation keeps every window of every record.
 * Prediction, as the official Wikipedia evaluation keys it, per QUESTION: the best start + end
   logit span over all windows of all its pages (`qa.decode` per page, then the best page). The
   metrics are TriviaQA's EM and F1 (`metrics.triviaqa_scores`: max over the NormalizedAliases
