@@ -12,6 +12,7 @@ are the same).
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -177,8 +178,17 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, checkpoint: str, *,
             json.dump({k: result[k] for k in ("checkpoint", "step", "task", "metrics")}, f,
                       indent=2)
         if task.predict is not None:
+            rows = task.predict(outputs)
             result["predictions_file"] = os.path.join(out_dir, f"predictions_step_{step}.jsonl")
             with open(result["predictions_file"], "w") as f:
-                for row in task.predict(outputs):
+                for row in rows:
                     f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            # A task module's `official_predictions(rows)`: the file its official scorer reads.
+            official = getattr(importlib.import_module(tasks.TASKS[config.task]),
+                               "official_predictions", None)
+            if official is not None:
+                result["official_predictions_file"] = os.path.join(
+                    out_dir, f"predictions_step_{step}.json")
+                with open(result["official_predictions_file"], "w") as f:
+                    json.dump(official(rows), f, ensure_ascii=False)
     return result

@@ -109,3 +109,26 @@ def question_answering_losses(start_logits, end_logits, start_positions, end_pos
     (start, _), (end, _) = question_answering_terms(start_logits, end_logits, start_positions,
                                                     end_positions)
     return (start + end) / 2
+
+
+def distant_supervision_losses(start_logits, end_logits, start_positions, end_positions):
+    """Per example: the loss of Clark and Gardner (2017, section 2.2) for answers found by text
+    matching, where any occurrence may be the one the question is about and most are noise.
+
+    Start and end are scored independently, as in their paper and the Longformer authors'
+    TriviaQA script: -log of the probability mass on the SET of listed start positions, likewise
+    for the ends, averaged. Summing probabilities (not losses) over the occurrences means the
+    model only has to get one of them right. `*_positions` are (batch, K), padded with -1 (any
+    value outside the row is ignored); a position listed twice counts once. An example with
+    none listed has no target and gets 0 (the tasks leave it out of the loss's weight).
+    """
+    def one(logits, positions):
+        logits = logits.astype(jnp.float32)
+        length = logits.shape[-1]
+        listed = jnp.any(jnp.asarray(positions)[..., :, None] == jnp.arange(length), axis=-2)
+        found = jnp.any(listed, axis=-1)
+        # With nothing listed the row's own normaliser stands in, so no -inf reaches a gradient.
+        gold = jax.nn.logsumexp(jnp.where(listed | ~found[..., None], logits, -jnp.inf), -1)
+        return jnp.where(found, jax.nn.logsumexp(logits, -1) - gold, 0.0)
+
+    return (one(start_logits, start_positions) + one(end_logits, end_positions)) / 2

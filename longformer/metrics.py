@@ -180,3 +180,34 @@ def squad_scores(predictions: Sequence[str], answers: Sequence[Sequence[str]]
     f = [max((f1(p, a) for a in golds), default=0.0) for p, golds in zip(predictions, answers)]
     n = max(len(predictions), 1)
     return {"exact_match": 100.0 * sum(em) / n, "f1": 100.0 * sum(f) / n}
+
+
+# ----------------------------------------------------------------------------- TriviaQA
+_TRIVIAQA_PUNCTUATION = _PUNCTUATION | set("\u2018\u2019\u00b4`")  # and the quotes ‘ ’ ´
+
+
+def triviaqa_normalize(text: str) -> str:
+    """TriviaQA's official normalisation (its triviaqa_evaluation.py): lower case, punctuation
+    (underscore included) REPLACED by a space where SQuAD deletes it, so 'Jean-Paul' is two words
+    there, no articles a/an/the, single spaces."""
+    text = "".join(" " if ch in _TRIVIAQA_PUNCTUATION else ch for ch in text.lower())
+    return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+def triviaqa_ground_truths(answer: dict) -> list[str]:
+    """What the official script scores a prediction against: the answer's `NormalizedAliases`
+    and its normalised `HumanAnswers` (where a file has them); it adds nothing else."""
+    return list(answer.get("NormalizedAliases", [])) + [
+        triviaqa_normalize(a) for a in answer.get("HumanAnswers", [])]
+
+
+def triviaqa_scores(predictions: Sequence[str], ground_truths: Sequence[Sequence[str]]
+                    ) -> dict[str, float]:
+    """TriviaQA's exact match and F1 in percent: per question the best over its ground truths,
+    both sides normalised by `triviaqa_normalize`, averaged over questions.
+
+    The comparison itself is SQuAD's (`squad_scores`): SQuAD's normalisation leaves a
+    TriviaQA-normalised string unchanged, so only the normalisation differs.
+    """
+    return squad_scores([triviaqa_normalize(p) for p in predictions],
+                        [[triviaqa_normalize(g) for g in golds] for golds in ground_truths])

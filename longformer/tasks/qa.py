@@ -165,43 +165,39 @@ def char_span_to_tokens(offsets: np.ndarray, start: int, end: int) -> tuple[int,
     return (int(hit[0]), int(hit[-1])) if hit.size else None
 
 
-def encode(config, tokenizer, records: list[dict], facts: dict, mode: str):
-    """Window rows and (per row its example, per row the context offsets of its tokens (-1
-    elsewhere), per record its gold answers)."""
+def window_inputs(config, tokenizer, questions: list[np.ndarray],
+                  contexts: list[tuple[np.ndarray, np.ndarray]], mode: str):
+    """`<s> question </s></s> context-window </s>` rows for every window of every record: the one
+    layout of the extractive QA tasks, so their inputs and global attention never differ.
+
+    `questions` are token ids, `contexts` (ids, character offsets) per record (`encode_segments`).
+    Returns (rows: input_ids, attention_mask, global_attention_mask; windows: (rows, 4) int
+    record, first and one-past-last context token, row position of the first; offsets: (rows,
+    seq_len, 2) the context character offsets of each row's tokens, -1 elsewhere).
+    """
     length = config.data.seq_len
     qmax = config.data.max_question_tokens
-    checked = [answer_spans(r) for r in records]
-    questions = finetune.encode_segments(tokenizer, [r["question"] for r in records])
-    contexts = finetune.encode_segments(tokenizer, [r["context"] for r in records])
     bos, sep, pad = tokenizer.bos_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id
-    ids, starts, ends, examples, offsets_out = [], [], [], [], []
+    ids, spans, offsets_out = [], [], []
     cut = 0
-    for i, (rec, (q, _), (c, offsets), (_, spans)) in enumerate(
-            zip(records, questions, contexts, checked)):
+    for i, (q, (c, offsets)) in enumerate(zip(questions, contexts)):
         cut += len(q) > qmax
         q = q[:qmax]
         room = length - len(q) - 4
         if room < 1:
             raise ValueError(f"data.seq_len={length} leaves no room for the context after a "
                              f"question of {len(q)} tokens")
-        answer = char_span_to_tokens(offsets, *spans[0])
-        if answer is None:
-            raise finetune.DataError(f"{finetune.where(rec)}: the answer at characters "
-                                     f"{spans[0]} covers no token of the context")
+        first = len(q) + 3
         for ws, we in finetune.windows(len(c), room, config.data.window_overlap):
             row = np.full(length, pad, np.int32)
-            first = len(q) + 3
             row[:first + we - ws + 1] = [bos, *q, sep, sep, *c[ws:we], sep]
             offs = np.full((length, 2), -1, np.int32)
             offs[first:first + we - ws] = offsets[ws:we]
-            inside = ws <= answer[0] and answer[1] < we
             ids.append(row)
-            starts.append(first + answer[0] - ws if inside else 0)
-            ends.append(first + answer[1] - ws if inside else 0)
-            examples.append(i)
+            spans.append((i, ws, we, first))
             offsets_out.append(offs)
     if cut:
-        log.info("%d of %d questions were cut to %d tokens", cut, len(records), qmax)
+        log.info("%d of %d questions were cut to %d tokens", cut, len(questions), qmax)
     ids = np.stack(ids)
     if mode == "question":
         global_mask = global_attention.question_answering(ids, sep)
@@ -210,10 +206,32 @@ def encode(config, tokenizer, records: list[dict], facts: dict, mode: str):
     else:
         global_mask = np.zeros_like(ids)
     rows = {"input_ids": ids, "attention_mask": (ids != pad).astype(np.int32),
-            "global_attention_mask": global_mask,
-            "start_positions": np.asarray(starts, np.int32),
-            "end_positions": np.asarray(ends, np.int32)}
-    return rows, (np.asarray(examples), np.stack(offsets_out), [g for g, _ in checked])
+            "global_attention_mask": global_mask}
+    return rows, np.asarray(spans, np.int64).reshape(-1, 4), np.stack(offsets_out)
+
+
+def encode(config, tokenizer, records: list[dict], facts: dict, mode: str):
+    """Window rows and (per row its example, per row the context offsets of its tokens (-1
+    elsewhere), per record its gold answers)."""
+    checked = [answer_spans(r) for r in records]
+    questions = finetune.encode_segments(tokenizer, [r["question"] for r in records])
+    contexts = finetune.encode_segments(tokenizer, [r["context"] for r in records])
+    answers = []
+    for rec, (_, offsets), (_, spans) in zip(records, contexts, checked):
+        answer = char_span_to_tokens(offsets, *spans[0])
+        if answer is None:
+            raise finetune.DataError(f"{finetune.where(rec)}: the answer at characters "
+                                     f"{spans[0]} covers no token of the context")
+        answers.append(answer)
+    rows, windows, offsets = window_inputs(config, tokenizer, [q for q, _ in questions],
+                                           contexts, mode)
+    starts, ends = np.zeros(len(windows), np.int32), np.zeros(len(windows), np.int32)
+    for k, (i, ws, we, first) in enumerate(windows):
+        a, b = answers[i]
+        if ws <= a and b < we:  # else the window points at <s> (position 0)
+            starts[k], ends[k] = first + a - ws, first + b - ws
+    rows.update(start_positions=starts, end_positions=ends)
+    return rows, (windows[:, 0], offsets, [g for g, _ in checked])
 
 
 def best_span(start_logits: np.ndarray, end_logits: np.ndarray, offsets: np.ndarray,
@@ -249,16 +267,20 @@ def decode(outputs: list, *, feature_example, feature_offsets, records, max_toke
     return [(text, score) if ok else None for ok, (score, text) in zip(complete, best)], g
 
 
-def score(out, batch, facts: dict):
-    """Per-window loss and whole-span hits; the logits for decoding.
-
-    Padding is no answer: its logits are masked out of the softmax, so a window's loss is the
-    same however much padding its row has (alone, packed with others, or cut to a length
-    bucket). The head's own `loss` keeps the reference's softmax over the whole row.
-    """
+def real_logits(out, batch):
+    """(start, end) logits in float32 with padding at NO_SCORE: padding is no answer, so a
+    window's softmax is the same however much padding its row has (alone, packed with others,
+    or cut to a length bucket). The head's own `loss` keeps the reference's softmax over the
+    whole row."""
     real = batch["attention_mask"] > 0
-    start = jnp.where(real, out.start_logits.astype(jnp.float32), packing.NO_SCORE)
-    end = jnp.where(real, out.end_logits.astype(jnp.float32), packing.NO_SCORE)
+    return (jnp.where(real, out.start_logits.astype(jnp.float32), packing.NO_SCORE),
+            jnp.where(real, out.end_logits.astype(jnp.float32), packing.NO_SCORE))
+
+
+def score(out, batch, facts: dict):
+    """Per-window loss (padding left out: `real_logits`) and whole-span hits; the logits for
+    decoding."""
+    start, end = real_logits(out, batch)
     loss = losses.question_answering_losses(start, end, batch["start_positions"],
                                             batch["end_positions"])
     exact = ((jnp.argmax(start, -1) == batch["start_positions"])
