@@ -16,6 +16,7 @@ TASKS = {
     "token_classification": "longformer.tasks.token_classification",
     "multiple_choice": "longformer.tasks.multiple_choice",
     "qa": "longformer.tasks.qa",
+    "hotpotqa": "longformer.tasks.hotpotqa",
     "charlm": "longformer.tasks.charlm",
 }
 
