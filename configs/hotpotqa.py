@@ -38,12 +38,12 @@ from configs import common
 
 
 def get_config():
-    c = common.finetune("hotpotqa", seq_len=384, windows=(32, 32, 32))
+    c = common.finetune("hotpotqa", seq_len=256, windows=(32, 32, 32))
     c.total_steps = 600
     c.optimizer.learning_rate = 2e-3
     c.data.max_question_tokens = 16
     c.data.max_sentences = 0  # sentence slots per question; 0: the most any question has
     c.data.max_answer_tokens = 30  # longest span considered at evaluation
-    c.model.max_global_tokens = 80  # <s> + question + </s> + paragraph and sentence markers
-    c.data.synthetic.update(num_words=6, num_paragraphs=10, num_sentences=3)
+    c.model.max_global_tokens = 48  # <s> + question + </s> + paragraph and sentence markers
+    c.data.synthetic.update(num_words=4, num_paragraphs=10, num_sentences=1)
     return c
