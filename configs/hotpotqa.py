@@ -2,9 +2,10 @@
 (`longformer/tasks/hotpotqa.py` has the layout, markers, truncation and decoding).
 
 With no files it trains a demo-size model on a synthetic task in HotpotQA's own JSON format:
-ten paragraphs titled by made-up names, each saying which colour its name likes and whom it met;
-the question ("which colour does X like ?" or "does X like red ?") names X only, and the two
-supporting facts are X's colour sentence and the sentence, elsewhere, saying someone met X:
+ten paragraphs titled by made-up names; in two of them the evidence, "the secret colour is
+<colour> ." and "the secret is kept|lost by <name> ."; questions "what is the secret colour ?"
+(span) or "is the secret kept ?" (yes / no), with the two evidence sentences as supporting facts
+(`hotpotqa.synthetic_records`):
 
     python train.py --config=configs/hotpotqa.py --workdir=runs/hotpotqa
     python eval.py --config=configs/hotpotqa.py --checkpoint=runs/hotpotqa

@@ -232,3 +232,16 @@ def test_official_metrics_by_hand():
     assert scores["em"] == scores["sp_em"] == scores["joint_em"] == 0.0
     perfect = metrics.hotpot_scores({"2": "No"}, {"2": [["A", 0]]}, gold[1:])
     assert perfect["joint_em"] == perfect["joint_f1"] == 100.0
+
+
+def test_synthetic_records_are_native_and_their_facts_the_evidence():
+    records = hotpotqa.synthetic_records(20, 3)
+    assert records == hotpotqa.synthetic_records(20, 3)  # a function of the seed
+    for r in records:
+        hotpotqa.check_record({**r, "_where": "synthetic"}, need_labels=True)
+        context = dict((title, sents) for title, sents in r["context"])
+        evidence = [context[title][j] for title, j in r["supporting_facts"]]
+        assert evidence[0].startswith("the secret colour is ")
+        assert evidence[1].startswith("the secret is ")
+        want = {"kept": "yes", "lost": "no"}[evidence[1].split()[3]]
+        assert r["answer"] == (evidence[0].split()[4] if "colour" in r["question"] else want)

@@ -326,40 +326,42 @@ def official(predictions: list[dict]) -> dict:
 
 
 # ----------------------------------------------------------------------------- synthetic data
-def synthetic_records(n: int, seed: int, *, num_words: int = 6, num_paragraphs: int = 10,
-                      num_sentences: int = 3) -> list[dict]:
-    """Native-format questions over `num_paragraphs` paragraphs, each titled by a name and
-    holding filler sentences of `num_words` words, a `<name> likes <colour> .` sentence and a
-    `<name> met <other> .` sentence. The question is about X: "which colour does X like ?"
-    (span) or "does X like <colour> ?" (yes / no, half each); its supporting facts are X's colour
-    sentence and, in another paragraph, the one sentence saying someone met X. Every paragraph
-    names a colour, so the answer occurs in distractors too, and the question names X only: its
-    paragraph and facts are found through global attention to the question."""
+def synthetic_records(n: int, seed: int, *, num_words: int = 4, num_paragraphs: int = 10,
+                      num_sentences: int = 1) -> list[dict]:
+    """Native-format questions over `num_paragraphs` paragraphs, each titled by a made-up name
+    and holding `num_sentences` filler sentences of `num_words` words, `<name> likes <colour> .`
+    and `<name> met <other name> .`, in random order. In two of them one sentence is replaced by
+    the evidence: `the secret colour is <colour> .` and `the secret is kept|lost by <the first
+    one's title> .`. Questions: "what is the secret colour ?" (span, half of them: the colour
+    also occurs in the distractors' sentences) or "is the secret kept ?" (yes / no); the
+    supporting facts are the two evidence sentences. A token sees its own sentence through its
+    window, but `<s>`, which answers yes or no, sees the `kept`/`lost` far away only through
+    global attention. (Made-up names as the only link between the paragraphs, as in real
+    bridge questions, did not train beyond the priors in a few hundred steps of a demo model.)
+    """
     def one(rng, i):
         names = [str(x) for x in rng.choice(synthetic.NAMES, size=num_paragraphs, replace=False)]
-        colours = {x: str(rng.choice(synthetic.COLORS)) for x in names}
-        x, y = names[0], names[1]
-        context, slots = [], {}
-        for name in names:
+        context = []
+        for k, name in enumerate(names):
             sents = [" ".join(synthetic._filler(rng, num_words)) + " ." for _ in
-                     range(num_sentences + 2)]
-            like, met = (int(v) for v in rng.choice(num_sentences + 2, size=2, replace=False))
-            other = x if name == y else str(rng.choice([m for m in names if m not in (name, x)]))
-            sents[like], sents[met] = f"{name} likes {colours[name]} .", f"{name} met {other} ."
-            context.append([name, sents])
-            slots[name] = (like, met)
-        kind = int(rng.integers(3))
-        if kind == 0:
-            question, answer = f"which colour does {x} like ?", colours[x]
-        else:
-            asked = colours[x] if kind == 1 else str(rng.choice(
-                [c for c in synthetic.COLORS if c != colours[x]]))
-            question, answer = f"does {x} like {asked} ?", ("yes" if kind == 1 else "no")
-        order = rng.permutation(num_paragraphs)
-        return {"_id": f"synthetic-{seed}-{i}", "question": question, "answer": answer,
-                "type": "bridge" if kind == 0 else "comparison", "level": "easy",
-                "supporting_facts": [[x, slots[x][0]], [y, slots[y][1]]],
-                "context": [context[k] for k in order]}
+                     range(num_sentences)]
+            sents += [f"{name} likes {rng.choice(synthetic.COLORS)} .",
+                      f"{name} met {names[(k + 1 + int(rng.integers(num_paragraphs - 1))) % num_paragraphs]} ."]
+            context.append([name, [sents[j] for j in rng.permutation(len(sents))]])
+        first, second = (int(v) for v in rng.choice(num_paragraphs, size=2, replace=False))
+        colour, kept = str(rng.choice(synthetic.COLORS)), bool(rng.integers(2))
+        facts = []
+        for p, text in ((first, f"the secret colour is {colour} ."),
+                        (second, f"the secret is {'kept' if kept else 'lost'} by {names[first]} .")):
+            j = int(rng.integers(len(context[p][1])))
+            context[p][1][j] = text
+            facts.append([names[p], j])
+        span = bool(rng.integers(2))
+        return {"_id": f"synthetic-{seed}-{i}",
+                "question": "what is the secret colour ?" if span else "is the secret kept ?",
+                "answer": colour if span else ("yes" if kept else "no"),
+                "type": "bridge" if span else "comparison", "level": "easy",
+                "supporting_facts": facts, "context": context}
 
     return synthetic._generate(n, seed, one)
 
