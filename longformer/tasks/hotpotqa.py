@@ -148,7 +148,7 @@ def encode(config, tokenizer, records: list[dict], facts: dict, mode: str):
         if len(row) > length:
             raise ValueError(f"data.seq_len={length} cannot hold a question of "
                              f"{len(row) - 2} tokens; lower data.max_question_tokens")
-        sentences = []  # (slot, text, char offsets, first token) of the sentences in the row
+        sentences = []  # (slot, text, char offsets, first token, supporting?) of those in the row
         full = False
         for p, (title, sents) in enumerate(rec["context"]):
             title_ids, _ = next(pieces)
