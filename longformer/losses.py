@@ -132,3 +132,28 @@ def distant_supervision_losses(start_logits, end_logits, start_positions, end_po
         return jnp.where(found, jax.nn.logsumexp(logits, -1) - gold, 0.0)
 
     return (one(start_logits, start_positions) + one(end_logits, end_positions)) / 2
+
+
+# ----------------------------------------------------------------------------- HotpotQA
+def _binary_mean(logits: Array, labels: Array) -> Array:
+    """Per example: the mean binary cross-entropy over its slots labelled 0 or 1 (padding and
+    unknown slots are IGNORE_INDEX), 0 when none is."""
+    counted = labels != IGNORE_INDEX
+    terms = optax.sigmoid_binary_cross_entropy(logits.astype(jnp.float32),
+                                               jnp.where(counted, labels, 0).astype(jnp.float32))
+    return jnp.sum(jnp.where(counted, terms, 0.0), -1) / jnp.maximum(jnp.sum(counted, -1), 1)
+
+
+def hotpotqa_losses(start_logits, end_logits, type_logits, sentence_logits, paragraph_logits,
+                    start_positions, end_positions, answer_type, sentence_labels,
+                    paragraph_labels) -> Array:
+    """Per example, the sum of four losses with equal weights (the paper combines them
+    linearly, weights unstated): the span's (mean of the start and end cross-entropies; an
+    answer that is yes/no or not found in the input has IGNORE_INDEX positions and adds 0), the
+    answer type's cross-entropy, and the mean binary cross-entropies of the supporting
+    sentences and paragraphs."""
+    (start, _), (end, _) = (cross_entropy(start_logits, start_positions),
+                            cross_entropy(end_logits, end_positions))
+    kind, _ = cross_entropy(type_logits, answer_type)
+    return ((start + end) / 2 + kind + _binary_mean(sentence_logits, sentence_labels)
+            + _binary_mean(paragraph_logits, paragraph_labels))

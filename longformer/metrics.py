@@ -11,7 +11,9 @@ published ones:
   precision/recall/F1 exactly as `seqeval` (default mode) computes them for BIO/IOBES tags;
 * question answering: exact match and F1 of the official SQuAD v1.1 script (lower-case, strip
   punctuation and the articles a/an/the, squeeze whitespace; the best score over the gold answers),
-  as percentages.
+  as percentages;
+* HotpotQA: answer, supporting-fact and joint EM/F1 (and precision/recall) of the official
+  `hotpot_evaluate_v1.py`, as percentages.
 """
 
 from __future__ import annotations
@@ -160,14 +162,20 @@ def exact_match(prediction: str, truth: str) -> float:
     return float(normalize_answer(prediction) == normalize_answer(truth))
 
 
-def f1(prediction: str, truth: str) -> float:
-    """Token-overlap F1 after normalisation (SQuAD v1.1: 0 when nothing overlaps)."""
+def _overlap(prediction: str, truth: str) -> tuple[float, float]:
+    """(precision, recall) of the normalised tokens (0, 0 when nothing overlaps)."""
     pred, gold = normalize_answer(prediction).split(), normalize_answer(truth).split()
     same = sum((collections.Counter(pred) & collections.Counter(gold)).values())
-    if same == 0:
-        return 0.0
-    precision, recall = same / len(pred), same / len(gold)
-    return 2 * precision * recall / (precision + recall)
+    return (same / len(pred), same / len(gold)) if same else (0.0, 0.0)
+
+
+def _harmonic(precision: float, recall: float) -> float:
+    return 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
+
+
+def f1(prediction: str, truth: str) -> float:
+    """Token-overlap F1 after normalisation (SQuAD v1.1: 0 when nothing overlaps)."""
+    return _harmonic(*_overlap(prediction, truth))
 
 
 def squad_scores(predictions: Sequence[str], answers: Sequence[Sequence[str]]
@@ -211,3 +219,57 @@ def triviaqa_scores(predictions: Sequence[str], ground_truths: Sequence[Sequence
     """
     return squad_scores([triviaqa_normalize(p) for p in predictions],
                         [[triviaqa_normalize(g) for g in golds] for golds in ground_truths])
+
+
+# ----------------------------------------------------------------------------- HotpotQA
+_CLOSED_ANSWERS = ("yes", "no", "noanswer")
+
+
+def hotpot_answer_scores(prediction: str, truth: str) -> tuple[float, float, float, float]:
+    """(EM, F1, precision, recall) of one answer, as the official HotpotQA script scores it:
+    SQuAD's normalisation and token overlap, except that when either side normalises to yes, no
+    or noanswer and the two differ, everything is 0 ("yes" earns no credit for overlapping
+    "yes it is")."""
+    pred, gold = normalize_answer(prediction), normalize_answer(truth)
+    if (pred in _CLOSED_ANSWERS or gold in _CLOSED_ANSWERS) and pred != gold:
+        return 0.0, 0.0, 0.0, 0.0
+    precision, recall = _overlap(prediction, truth)
+    return float(pred == gold), _harmonic(precision, recall), precision, recall
+
+
+def hotpot_sp_scores(predicted: Iterable[Sequence], gold: Iterable[Sequence]
+                     ) -> tuple[float, float, float, float]:
+    """(EM, F1, precision, recall) of one question's supporting facts, sets of (title, sentence
+    index) (duplicates count once). EM is 1 when the sets are equal, also both empty; precision
+    (recall) is 0 with nothing predicted (no gold). Gold facts naming a sentence that the
+    context lacks stay in the gold set, as the official script keeps them."""
+    pred, truth = set(map(tuple, predicted)), set(map(tuple, gold))
+    hits = len(pred & truth)
+    precision = hits / len(pred) if pred else 0.0
+    recall = hits / len(truth) if truth else 0.0
+    return float(pred == truth), _harmonic(precision, recall), precision, recall
+
+
+def hotpot_scores(answers: dict, supporting: dict, gold: Sequence[dict]) -> dict[str, float]:
+    """The official script's means over the gold questions (`{"_id", "answer",
+    "supporting_facts"}`), in percent, for predictions in its format (`answers`: _id -> text,
+    `supporting`: _id -> [[title, sentence index], ...]). A question missing from either scores
+    0 there and 0 joint. Joint precision is answer precision x supporting-fact precision, joint
+    recall likewise, joint F1 their harmonic mean, joint EM the product of the EMs."""
+    names = ("em", "f1", "prec", "recall")
+    totals = dict.fromkeys([p + n for p in ("", "sp_", "joint_") for n in names], 0.0)
+    for rec in gold:
+        qid = rec["_id"]
+        answer = sp = None
+        if qid in answers:
+            answer = hotpot_answer_scores(answers[qid], rec["answer"])
+            totals.update({n: totals[n] + v for n, v in zip(names, answer)})
+        if qid in supporting:
+            sp = hotpot_sp_scores(supporting[qid], rec["supporting_facts"])
+            totals.update({"sp_" + n: totals["sp_" + n] + v for n, v in zip(names, sp)})
+        if answer is not None and sp is not None:
+            precision, recall = answer[2] * sp[2], answer[3] * sp[3]
+            joint = (answer[0] * sp[0], _harmonic(precision, recall), precision, recall)
+            totals.update({"joint_" + n: totals["joint_" + n] + v for n, v in zip(names, joint)})
+    n = max(len(gold), 1)
+    return {k: 100.0 * v / n for k, v in totals.items()}

@@ -816,3 +816,112 @@ MODEL_CLASSES = {
     "LongformerForMultipleChoice": LongformerForMultipleChoice,
     "LongformerForQuestionAnswering": LongformerForQuestionAnswering,
 }
+
+
+# ----------------------------------------------------------------------------- HotpotQA
+from longformer.losses import hotpotqa_losses  # noqa: E402
+
+
+@flax.struct.dataclass
+class HotpotQAOutput(LongformerHeadOutput):
+    """`LongformerForHotpotQA`'s outputs: the span logits (batch, length), `type_logits`
+    (batch, 3) in `HOTPOTQA_ANSWER_TYPES` order, and one supporting-fact logit per sentence and
+    per paragraph slot (batch, slots). Padding tokens and empty slots hold `NO_SCORE`."""
+    type_logits: Optional[Array] = None
+    sentence_logits: Optional[Array] = None
+    paragraph_logits: Optional[Array] = None
+
+
+HOTPOTQA_ANSWER_TYPES = ("span", "yes", "no")
+NO_SCORE = -1e9  # packing.NO_SCORE: a logit no softmax, argmax or threshold picks
+
+
+def hotpotqa_global_mask(input_ids, sep_token_id: int, sentence_positions, paragraph_positions):
+    """The paper's global tokens for HotpotQA: `<s>`, the question and its `</s>` (every position
+    up to the first separator), and the paragraph and sentence markers at the given positions
+    (-1: an empty slot). numpy arrays in give numpy out (the task's rows), jax arrays jax."""
+    xp = jnp if isinstance(input_ids, jax.Array) else np
+    ids = xp.asarray(input_ids)
+    batch, length = ids.shape
+    first = xp.argmax(ids == sep_token_id, axis=-1)  # (batch,)
+    question = xp.arange(length)[None, :] <= first[:, None]  # (batch, length)
+    marks = xp.concatenate([xp.asarray(sentence_positions), xp.asarray(paragraph_positions)], -1)
+    rows = xp.broadcast_to(xp.arange(batch)[:, None], marks.shape)
+    if xp is np:
+        hit = np.zeros((batch, length), bool)
+        hit[rows[marks >= 0], marks[marks >= 0]] = True
+    else:
+        hit = jnp.zeros((batch, length), bool).at[rows, jnp.where(marks >= 0, marks, length)].set(
+            True, mode="drop")
+    return (question | hit).astype(xp.int32)
+
+
+class LongformerForHotpotQA(ResolvedModule):
+    """The paper's HotpotQA reader: an answer span (BERT's start/end logits over the tokens), the
+    answer type (span / yes / no) from `<s>`, and a supporting score for every sentence and
+    paragraph, read at their marker tokens (`sentence_positions`, `paragraph_positions`:
+    (batch, slots) int, -1 for empty slots; not given: one empty slot). The type and marker heads are two-layer
+    feed-forward networks (RoBERTa's classification head, as the paper's "2 layer feedforward
+    networks"). With all five labels the loss is `losses.hotpotqa_losses`' mean over examples.
+
+    It is not a `_Head`: those see only the encoder's inputs, and this one also reads the
+    marker positions. Default global attention: `hotpotqa_global_mask`. Packed rows are
+    refused (the slots hold one example's sentences).
+    """
+    config: LongformerConfig
+
+    @nn.compact
+    def __call__(self, input_ids=None, attention_mask=None, global_attention_mask=None,
+                 token_type_ids=None, position_ids=None, inputs_embeds=None,
+                 sentence_positions=None, paragraph_positions=None, start_positions=None,
+                 end_positions=None, answer_type=None, sentence_labels=None,
+                 paragraph_labels=None, output_attentions=False, output_hidden_states=False,
+                 deterministic=True, segment_ids=None):
+        cfg = self.config
+        if segment_ids is not None:
+            raise ValueError("HotpotQA does not take packed rows (segment_ids): each row's "
+                             "sentence and paragraph slots belong to one example")
+        batch = (input_ids if input_ids is not None else inputs_embeds).shape[0]
+        empty = jnp.full((batch, 1), -1, jnp.int32)  # no markers given: one empty slot
+        sentences = empty if sentence_positions is None else jnp.asarray(
+            sentence_positions).astype(jnp.int32)  # (batch, S)
+        paragraphs = empty if paragraph_positions is None else jnp.asarray(
+            paragraph_positions).astype(jnp.int32)  # (batch, P)
+        if global_attention_mask is None and input_ids is not None:
+            global_attention_mask = hotpotqa_global_mask(jnp.asarray(input_ids),
+                                                         cfg.sep_token_id, sentences, paragraphs)
+        out = LongformerModel(cfg, add_pooling_layer=False, name="longformer")(
+            input_ids, attention_mask, global_attention_mask, token_type_ids, position_ids,
+            inputs_embeds, output_attentions, output_hidden_states, deterministic)
+        x = out.last_hidden_state  # (batch, length, hidden)
+        real = (jnp.ones(x.shape[:2], bool) if attention_mask is None
+                else jnp.asarray(attention_mask) > 0)
+        span = Dense(2, cfg, ("embed", "classes"), name="qa_outputs")(x).astype(jnp.float32)
+        start, end = (jnp.where(real, span[..., i], NO_SCORE) for i in (0, 1))
+
+        def at_markers(positions, name):  # (batch, slots) one logit per marker
+            rows = attn_op.gather_rows(x, jnp.maximum(positions, 0))
+            score = _ClassificationHead(cfg.replace(num_labels=1), name=name)(rows, deterministic)
+            return jnp.where(positions >= 0, score[..., 0].astype(jnp.float32), NO_SCORE)
+
+        fields = dict(
+            start_logits=start, end_logits=end,
+            type_logits=_ClassificationHead(cfg.replace(num_labels=len(HOTPOTQA_ANSWER_TYPES)),
+                                            name="answer_type")(x[:, 0], deterministic
+                                                                ).astype(jnp.float32),
+            sentence_logits=at_markers(sentences, "sentence_outputs"),
+            paragraph_logits=at_markers(paragraphs, "paragraph_outputs"))
+        labels = (start_positions, end_positions, answer_type, sentence_labels, paragraph_labels)
+        if any(v is not None for v in labels) and any(v is None for v in labels):
+            raise ValueError("give all of start_positions, end_positions, answer_type, "
+                             "sentence_labels and paragraph_labels, or none")
+        loss = None
+        if labels[0] is not None:
+            loss = jnp.mean(hotpotqa_losses(**fields, start_positions=start_positions,
+                                            end_positions=end_positions, answer_type=answer_type,
+                                            sentence_labels=sentence_labels,
+                                            paragraph_labels=paragraph_labels))
+        return HotpotQAOutput(loss=loss, hidden_states=out.hidden_states,
+                              attentions=out.attentions, global_attentions=out.global_attentions,
+                              global_overflow=out.global_overflow,
+                              ids_out_of_range=out.ids_out_of_range, **fields)

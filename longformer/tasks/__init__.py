@@ -17,6 +17,7 @@ TASKS = {
     "multiple_choice": "longformer.tasks.multiple_choice",
     "qa": "longformer.tasks.qa",
     "triviaqa": "longformer.tasks.triviaqa",
+    "hotpotqa": "longformer.tasks.hotpotqa",
     "charlm": "longformer.tasks.charlm",
 }
 

@@ -269,8 +269,9 @@ def slot_outputs(model) -> tuple[str, ...]:
     return ("logits",) if isinstance(model, LongformerForSequenceClassification) else ()
 
 
-def apply(model, params, batch: dict, rng=None):
-    """The model on a batch; training mode (dropout from `rng`) when an rng is given.
+def apply(model, params, batch: dict, rng=None, inputs: Sequence[str] = ()):
+    """The model on a batch; training mode (dropout from `rng`) when an rng is given. `inputs`
+    names the batch fields the head takes beyond the encoder's (`Spec.model_inputs`).
 
     A packed batch (`segment_ids`) runs packed, and its outputs come back per example
     (`packing.unpack_outputs`): (rows * max_segments, ...) in slot order, as the batch's own
@@ -281,7 +282,8 @@ def apply(model, params, batch: dict, rng=None):
     out = model.apply(params, batch["input_ids"], attention_mask=batch["attention_mask"],
                       global_attention_mask=batch["global_attention_mask"],
                       deterministic=not train, rngs={"dropout": rng} if train else None,
-                      **({"segment_ids": batch[packing.SEGMENT_IDS]} if packed else {}))
+                      **({"segment_ids": batch[packing.SEGMENT_IDS]} if packed else {}),
+                      **{k: batch[k] for k in inputs})
     return packing.unpack_outputs(out, batch, slot_fields=slot_outputs(model)) if packed else out
 
 
@@ -339,6 +341,8 @@ class Spec:
       per_token: the rows' per-token fields when packing (None: those as long as a row; name
         them when a per-example field may be as long by chance).
       no_packing: why the task cannot pack ('' packs).
+      model_inputs: batch fields the head takes as inputs beyond the encoder's (marker
+        positions, ...).
     """
 
     head: type
@@ -361,6 +365,7 @@ class Spec:
     weight: Callable[[dict], Any] = _per_example_count
     per_token: Optional[tuple[str, ...]] = None
     no_packing: str = ""
+    model_inputs: tuple[str, ...] = ()
 
 
 def _weighted_sum(x, valid):
@@ -424,7 +429,7 @@ def build(config, workdir: str, spec: Spec) -> Task:
         return batch if layout is None else packing.unpack_batch(batch, layout)
 
     def run(params, batch, rng):
-        out = apply(model, params, batch, rng)
+        out = apply(model, params, batch, rng, spec.model_inputs)
         batch = per_example(batch)
         return spec.score(out, batch, facts), batch
 

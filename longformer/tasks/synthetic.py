@@ -235,6 +235,10 @@ def corpus(records: list[dict]) -> list[str]:
         for field in ("text", "question", "context"):
             if isinstance(r.get(field), str):
                 texts.append(r[field])
+        if isinstance(r.get("context"), list):  # HotpotQA: [[title, [sentence, ...]], ...]
+            for para in r["context"]:
+                if isinstance(para, list) and len(para) == 2 and isinstance(para[1], list):
+                    texts.extend(t for t in [para[0], *para[1]] if isinstance(t, str))
         for field in ("tokens", "contexts", "choices"):
             if isinstance(r.get(field), list):
                 words = [w for w in r[field] if isinstance(w, str)]
