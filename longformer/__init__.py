@@ -3,6 +3,7 @@
 from longformer.config import LongformerConfig
 from longformer.layout import stack_layers, unstack_layers
 from longformer.modeling import (
+    LongformerForCandidateScoring,
     LongformerForMaskedLM,
     LongformerForMultipleChoice,
     LongformerForQuestionAnswering,
@@ -21,6 +22,7 @@ __all__ = [
     "LongformerForTokenClassification",
     "LongformerForMultipleChoice",
     "LongformerForQuestionAnswering",
+    "LongformerForCandidateScoring",
     "LongformerOutput",
     "LongformerHeadOutput",
     "stack_layers",

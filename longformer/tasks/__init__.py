@@ -17,6 +17,7 @@ TASKS = {
     "multiple_choice": "longformer.tasks.multiple_choice",
     "qa": "longformer.tasks.qa",
     "charlm": "longformer.tasks.charlm",
+    "wikihop": "longformer.tasks.wikihop",
 }
 
 

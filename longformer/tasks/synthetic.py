@@ -232,10 +232,10 @@ def corpus(records: list[dict]) -> list[str]:
     """Every text of the records (synthetic or read from files), to train a tokenizer on."""
     texts = []
     for r in records:
-        for field in ("text", "question", "context"):
+        for field in ("text", "question", "context", "query"):
             if isinstance(r.get(field), str):
                 texts.append(r[field])
-        for field in ("tokens", "contexts", "choices"):
+        for field in ("tokens", "contexts", "choices", "supports", "candidates"):
             if isinstance(r.get(field), list):
                 words = [w for w in r[field] if isinstance(w, str)]
                 texts.extend([" ".join(words)] if field == "tokens" else words)
