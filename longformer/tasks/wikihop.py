@@ -19,8 +19,9 @@ writes `<s> [q] question [/q] [ent] candidate [/ent] ...` with four tokens added
 vocabulary; here the markers are tokens every RoBERTa vocabulary already has and no text
 produces: `</s>` closes the question and `<mask>` opens each candidate (the one read for its
 score); `[q]` is `<s>` itself and `[/ent]` is left out (the next marker or the supports' `</s>`
-ends a candidate), which keeps the global budget at the prefix's length. So the pretrained
-vocabulary and embedding table are used unchanged. Global attention: the whole prefix (the
+ends a candidate, and leaving it out saves a global token per candidate). So the pretrained
+vocabulary and embedding table are used as they are (new tokens would need new embedding rows,
+which `init_from` does not make). Global attention: the whole prefix (the
 authors'), or 'none'; `model.max_global_tokens` must hold the longest prefix.
 
 The model is `LongformerForCandidateScoring`: a linear layer on the marker's final state gives a
@@ -193,31 +194,28 @@ def leaderboard(predictions: list[dict]) -> dict:
 
 
 # ----------------------------------------------------------------------------- synthetic data
-CITIES = ("york", "new york", "new haven", "haven", "paris", "lima", "oslo", "hong kong",
-          "kong", "são paulo", "zürich", "münchen", "quito", "rome")
-
-
 def synthetic_records(n: int, seed: int, *, num_words: int = 300, num_candidates: int = 6,
-                      num_supports: int = 4, mention_all: bool = True) -> list[dict]:
-    """WikiHop records whose answer is the one candidate that follows `lives in` somewhere in the
-    supports; every other candidate is mentioned too (after `visited`), candidates share words
-    and contain each other ("york", "new york"), and there are 2 to `num_candidates` of them."""
-
+                      num_supports: int = 4) -> list[dict]:
+    """WikiHop records with 2 to `num_candidates` colour candidates whose answer is the one that
+    follows `code` somewhere in the supports (the rule of the other tasks' synthetic data); every
+    other candidate is mentioned too, after another word, in any support."""
     rng = np.random.default_rng(seed)
     out = []
     for i in range(n):
-        subject = str(rng.choice(synthetic.NAMES)).lower()
         count = int(rng.integers(2, num_candidates + 1))
-        candidates = [str(c) for c in rng.choice(CITIES, size=count, replace=False)]
+        candidates = [str(c) for c in rng.choice(synthetic.COLORS, size=count, replace=False)]
         answer = candidates[int(rng.integers(count))]
-        docs = [[str(w) for w in rng.choice(synthetic.FILLER, size=num_words // num_supports)]
+        per = num_words // num_supports
+        docs = [[str(w) for w in rng.choice(synthetic.FILLER, size=per)]
                 for _ in range(num_supports)]
-        for city in candidates if mention_all else [answer]:
-            words = docs[int(rng.integers(num_supports))]
-            phrase = [subject, "lives", "in"] if city == answer else ["visited"]
-            at = int(rng.integers(len(words) + 1))
-            words[at:at] = phrase + city.split() + ["."]
-        out.append({"id": f"synthetic-{seed}-{i}", "query": f"place_of_residence {subject}",
+        # Slots 3 words apart, so no mention (or `code`) overwrites another.
+        slots = rng.choice([(d, p) for d in range(num_supports) for p in range(1, per, 3)],
+                           size=count, replace=False)
+        for colour, (d, p) in zip(candidates, slots):
+            docs[d][p] = colour
+            if colour == answer:
+                docs[d][p - 1] = "code"
+        out.append({"id": f"synthetic-{seed}-{i}", "query": "code_colour thing",
                     "answer": answer, "candidates": candidates,
                     "supports": [" ".join(words) for words in docs]})
     return out
