@@ -4,7 +4,7 @@ With no files it trains a demo-size model on a synthetic task in WikiHop's own f
 colour candidates, four supporting documents of 75 filler words, every candidate mentioned
 somewhere in them and the answer the one that follows `code`; the supports take two 256-token
 chunks, so the scores of both are averaged. It runs the whole path on a CPU, but a model
-trained from scratch stays near chance on it for the 1,000 steps tried: it has to match each
+trained from scratch stays near chance on it (3,000 steps tried): it has to match each
 candidate against its mentions through global attention, with one scoring vector shared by all
 candidates, which pretrained representations bring (the same model learns a positional answer,
 always the first candidate, in 50 steps):
