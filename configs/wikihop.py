@@ -6,8 +6,8 @@ somewhere in them and the answer the one that follows `code`; the supports take 
 chunks, so the scores of both are averaged. It runs the whole path on a CPU, but a model
 trained from scratch stays near chance on it (3,000 steps tried): it has to match each
 candidate against its mentions through global attention, with one scoring vector shared by all
-candidates, which pretrained representations bring (the same model learns a positional answer,
-always the first candidate, in 50 steps):
+candidates, which a pretrained model is expected to bring (not tried here); the same model learns
+a positional answer (always the first candidate) in 50 steps:
 
     python train.py --config=configs/wikihop.py --workdir=runs/wikihop_demo
     python eval.py --config=configs/wikihop.py --checkpoint=runs/wikihop_demo
