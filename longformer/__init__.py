@@ -3,6 +3,7 @@
 from longformer.config import LongformerConfig
 from longformer.layout import stack_layers, unstack_layers
 from longformer.modeling import (
+    LongformerForCandidateScoring,
     LongformerForHotpotQA,
     LongformerForMaskedLM,
     LongformerForMultipleChoice,
@@ -22,6 +23,7 @@ __all__ = [
     "LongformerForTokenClassification",
     "LongformerForMultipleChoice",
     "LongformerForQuestionAnswering",
+    "LongformerForCandidateScoring",
     "LongformerForHotpotQA",
     "LongformerOutput",
     "LongformerHeadOutput",

@@ -37,6 +37,7 @@ from longformer.layers import (
 )
 from longformer.layout import layer_runs, run_name, with_layer_axis
 from longformer.losses import masked_cross_entropy, question_answering_loss, sequence_classification_loss
+from longformer.packing import NO_SCORE
 
 Array = jax.Array
 
@@ -753,6 +754,82 @@ class LongformerForMultipleChoice(_Head):
 
     def loss(self, labels, logits):
         return masked_cross_entropy(logits, labels)
+
+
+class LongformerForCandidateScoring(_Head):
+    """One score per answer candidate, from the final state of the marker token before it (the
+    authors' WikiHop model: a linear layer on each `[ent]`), averaged over the chunks that hold it.
+
+    A candidate's marker is a token like any other, so one linear layer on every token gives
+    each position the score it would have as a marker; `candidate_positions` (batch, [chunks,]
+    candidates), the marker's index in its row or -1, then reads those scores out
+    (`candidate_logits`). Long inputs come as (batch, chunks, length), each chunk repeating the
+    question and candidates (so every chunk scores every candidate); a candidate's logit is its
+    mean over the chunks that hold it, so an example's chunks share one softmax, as in the paper.
+    Logits are (batch, candidates), `NO_SCORE` where a candidate is filler; `labels` (batch,)
+    are candidate indices (-100 ignored). Without `candidate_positions` the logits are the
+    per-token scores, shaped like the inputs (what the wikihop task reads, since the fine-tuning
+    loop hands a model its token inputs only). The layer's bias cancels in the softmax over
+    candidates (the authors' has none). No default global attention (the reference has no such
+    head): give the question and candidates as global. Packed rows are refused: an example is
+    already a set of rows.
+    """
+
+    def __call__(self, input_ids=None, attention_mask=None, global_attention_mask=None,
+                 token_type_ids=None, position_ids=None, inputs_embeds=None,
+                 candidate_positions=None, labels=None, output_attentions=False,
+                 output_hidden_states=False, deterministic=True, segment_ids=None):
+        out = super().__call__(input_ids, attention_mask, global_attention_mask, token_type_ids,
+                               position_ids, inputs_embeds, None, output_attentions,
+                               output_hidden_states, deterministic, segment_ids)
+        if candidate_positions is None:
+            if labels is not None:
+                raise ValueError("candidate scoring needs candidate_positions to score labels")
+            return out
+        logits = candidate_logits(out.logits, candidate_positions)
+        loss = None if labels is None else masked_cross_entropy(logits, labels)
+        return out.replace(logits=logits, loss=loss)
+
+    def flatten(self, inputs: dict) -> dict:
+        if inputs["segment_ids"] is not None:
+            raise ValueError("candidate scoring does not take packed rows (segment_ids): an "
+                             "example is already its own (chunks, length) rows")
+        rows = _rows_of(inputs)
+        if rows.ndim == 2:
+            return dict(inputs)
+        if rows.ndim != 3:
+            raise ValueError(f"candidate scoring inputs must be (batch, length) or (batch, "
+                             f"chunks, length), got shape {tuple(rows.shape)}")
+        count = rows.shape[0] * rows.shape[1]
+        return {k: None if x is None else jnp.asarray(x).reshape((count,) + x.shape[2:])
+                for k, x in inputs.items()}
+
+    def top(self, base, out, given, deterministic):
+        scores = Dense(1, self.config, ("embed", "classes"), name="answer_score")(
+            out.last_hidden_state)
+        return {"logits": scores[..., 0].reshape(_rows_of(given).shape)}
+
+
+def candidate_logits(token_scores, candidate_positions):
+    """(batch, [chunks,] length) token scores and (batch, [chunks,] candidates) marker positions
+    (-1: not in that chunk) -> (batch, candidates) float32: each candidate's mean score over the
+    chunks that hold it, `NO_SCORE` for a candidate no chunk holds (filler)."""
+    scores = jnp.asarray(token_scores).astype(jnp.float32)
+    positions = jnp.asarray(candidate_positions)
+    if positions.ndim != scores.ndim:
+        raise ValueError(f"candidate_positions {tuple(positions.shape)} and the inputs "
+                         f"{tuple(scores.shape)} must both be with or both without chunks")
+    known = concrete(positions)
+    if known is not None and known.size and known.max() >= scores.shape[-1]:
+        raise ValueError(f"candidate_positions holds {int(known.max())}, past the inputs' "
+                         f"{scores.shape[-1]} tokens")
+    if positions.ndim == 2:  # one chunk per example
+        scores, positions = scores[:, None], positions[:, None]
+    held = positions >= 0  # (batch, chunks, candidates)
+    picked = jnp.take_along_axis(scores, jnp.maximum(positions, 0), axis=-1)
+    total = jnp.sum(jnp.where(held, picked, 0.0), axis=1)
+    count = jnp.sum(held, axis=1)
+    return jnp.where(count > 0, total / jnp.maximum(count, 1), NO_SCORE)
 
 
 class LongformerForQuestionAnswering(_Head):

@@ -19,6 +19,7 @@ TASKS = {
     "triviaqa": "longformer.tasks.triviaqa",
     "hotpotqa": "longformer.tasks.hotpotqa",
     "charlm": "longformer.tasks.charlm",
+    "wikihop": "longformer.tasks.wikihop",
 }
 
 

@@ -232,14 +232,14 @@ def corpus(records: list[dict]) -> list[str]:
     """Every text of the records (synthetic or read from files), to train a tokenizer on."""
     texts = []
     for r in records:
-        for field in ("text", "question", "context"):
+        for field in ("text", "question", "context", "query"):
             if isinstance(r.get(field), str):
                 texts.append(r[field])
         if isinstance(r.get("context"), list):  # HotpotQA: [[title, [sentence, ...]], ...]
             for para in r["context"]:
                 if isinstance(para, list) and len(para) == 2 and isinstance(para[1], list):
                     texts.extend(t for t in [para[0], *para[1]] if isinstance(t, str))
-        for field in ("tokens", "contexts", "choices"):
+        for field in ("tokens", "contexts", "choices", "supports", "candidates"):
             if isinstance(r.get(field), list):
                 words = [w for w in r[field] if isinstance(w, str)]
                 texts.extend([" ".join(words)] if field == "tokens" else words)
