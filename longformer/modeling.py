@@ -36,7 +36,12 @@ from longformer.layers import (
     rotary,
 )
 from longformer.layout import layer_runs, run_name, with_layer_axis
-from longformer.losses import masked_cross_entropy, question_answering_loss, sequence_classification_loss
+from longformer.losses import (
+    hotpotqa_losses,
+    masked_cross_entropy,
+    question_answering_loss,
+    sequence_classification_loss,
+)
 from longformer.packing import NO_SCORE
 
 Array = jax.Array
@@ -885,20 +890,7 @@ class LongformerForQuestionAnswering(_Head):
         return question_answering_loss(per_slot(start_logits), per_slot(end_logits), *positions)
 
 
-MODEL_CLASSES = {
-    "LongformerModel": LongformerModel,
-    "LongformerForMaskedLM": LongformerForMaskedLM,
-    "LongformerForSequenceClassification": LongformerForSequenceClassification,
-    "LongformerForTokenClassification": LongformerForTokenClassification,
-    "LongformerForMultipleChoice": LongformerForMultipleChoice,
-    "LongformerForQuestionAnswering": LongformerForQuestionAnswering,
-}
-
-
 # ----------------------------------------------------------------------------- HotpotQA
-from longformer.losses import hotpotqa_losses  # noqa: E402
-
-
 @flax.struct.dataclass
 class HotpotQAOutput(LongformerHeadOutput):
     """`LongformerForHotpotQA`'s outputs: the span logits (batch, length), `type_logits`
@@ -910,7 +902,6 @@ class HotpotQAOutput(LongformerHeadOutput):
 
 
 HOTPOTQA_ANSWER_TYPES = ("span", "yes", "no")
-NO_SCORE = -1e9  # packing.NO_SCORE: a logit no softmax, argmax or threshold picks
 
 
 def hotpotqa_global_mask(input_ids, sep_token_id: int, sentence_positions, paragraph_positions):
@@ -1002,3 +993,13 @@ class LongformerForHotpotQA(ResolvedModule):
                               attentions=out.attentions, global_attentions=out.global_attentions,
                               global_overflow=out.global_overflow,
                               ids_out_of_range=out.ids_out_of_range, **fields)
+
+
+MODEL_CLASSES = {
+    "LongformerModel": LongformerModel,
+    "LongformerForMaskedLM": LongformerForMaskedLM,
+    "LongformerForSequenceClassification": LongformerForSequenceClassification,
+    "LongformerForTokenClassification": LongformerForTokenClassification,
+    "LongformerForMultipleChoice": LongformerForMultipleChoice,
+    "LongformerForQuestionAnswering": LongformerForQuestionAnswering,
+}
