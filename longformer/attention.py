@@ -20,6 +20,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.sharding import PartitionSpec as P
 
 from longformer import sequence_parallel as sp
 from longformer.band import (  # noqa: F401
@@ -153,7 +154,9 @@ def global_attention(
         are the whole document's; the weights returned are this shard's columns.
     Returns out (B, G, H, D) and the weights (B, H, G, N). O(N * G).
     """
-    total = (lambda out: out) if axis is None else (lambda out: lax.psum(out, axis))
+    def total(out):  # float32 (B, G, H, D); typed varying, as the rows it is scattered into
+        return out if axis is None else sp.varying_over(lax.psum(out, axis), axis)
+
     key_mask = key_mask.astype(bool)
     mask = [key_mask[:, None, None, :] if key_mask.ndim == 2 else key_mask[:, None]]
     if not isinstance(k, GlobalProjection):
@@ -288,8 +291,23 @@ def sharded_longformer_attention(q, k, v, attention_mask, *, globals_=None, q_gl
                           if isinstance(k_global, GlobalProjection) else rows),
                 v_global=(v_global, rows), dropout_rng=(dropout_rng, whole))
     names = [name for name, (x, _) in args.items() if x is not None]
+    # The whole arrays' gradients are summed over the shards: in float32 (they are small: G rows
+    # and the global projections), as XLA:CPU fails to compile bfloat16 all-reduces; so they
+    # enter widened and are typed varying before they are narrowed again.
+    given = [args[n][0] for n in names]
+    dtypes = jax.tree.map(lambda x: x.dtype, given)
+
+    specs = [args[n][1] for n in names]
+
+    def narrowed(spec, x, dtype):  # spec: a prefix of x's tree
+        def one(x, dtype):
+            if spec == whole and jnp.issubdtype(dtype, jnp.floating):
+                x = sp.varying_over(x, sp.AXIS)
+            return x.astype(dtype)
+        return jax.tree.map(one, x, dtype)
 
     def local(*xs):
+        xs = jax.tree.map(narrowed, specs, list(xs), dtypes, is_leaf=lambda t: isinstance(t, P))
         result = longformer_attention(**dict(zip(names, xs)), return_probs=return_probs,
                                       axis=sp.AXIS, **options)
         if return_probs and result[2] is None:  # a shard_map's outputs are arrays
@@ -299,8 +317,8 @@ def sharded_longformer_attention(q, k, v, attention_mask, *, globals_=None, q_gl
     weights = sp.along(2)  # (B, H, N, ...)
     use_global = globals_ is not None and globals_.index.shape[1] > 0
     out_specs = (rows, weights, weights if use_global else whole) if return_probs else rows
-    result = sp.over_sequence(local, tuple(args[n][1] for n in names), out_specs)(
-        *(args[n][0] for n in names))
+    result = sp.over_sequence(local, tuple(specs), out_specs)(
+        *jax.tree.map(lambda x: x.astype(sp.widened(x.dtype)), given))
     if return_probs and not use_global:
         result = (*result[:2], None)
     return result

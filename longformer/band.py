@@ -324,10 +324,10 @@ def band_attention(
         q=head_major(_pad_rows(q, 0, tail)),
         k_t=head_major(keys(k, halo and halo.k)).swapaxes(2, 3),
         v=head_major(keys(v, halo and halo.v)),
-        # Shared by every shard of a sequence-parallel shard_map, yet each shard's gradient of
-        # them is its own: marked varying, so that their cotangents are summed over the shards.
-        extra_k_t=_varying(extra_k.transpose(0, 2, 3, 1)) if use_extra else None,
-        extra_v=_varying(extra_v.transpose(0, 2, 1, 3)) if use_extra else None,
+        # Inside a sequence-parallel shard_map these come typed varying over its axis
+        # (`sequence_parallel.gather_rows`): each shard's gradient of them is its own.
+        extra_k_t=extra_k.transpose(0, 2, 3, 1) if use_extra else None,
+        extra_v=extra_v.transpose(0, 2, 1, 3) if use_extra else None,
         keys_ok=keys(key_mask.astype(bool), halo and halo.mask),
         rows_ok=_pad_rows(jnp.ones((batch, length), bool) if query_mask is None
                           else query_mask.astype(bool), 0, tail),

@@ -26,6 +26,7 @@ import numpy as np
 
 from longformer import attention as attn_op
 from longformer import segments
+from longformer import sequence_parallel as sp
 from longformer.config import LongformerConfig
 from longformer.layers import REMAT_POLICIES, Dense, DenseParams, Embed, LayerNorm, activation, concrete, linear, rotary
 from longformer.modeling import ResolvedModule
@@ -71,10 +72,14 @@ class CharLMAttention(nn.Module):
         rate = cfg.attention_probs_dropout_prob
         rng = None if deterministic or rate == 0.0 else self.make_rng("dropout")
         keys = jnp.ones((batch, length), bool) if segment_ids is None else segment_ids > 0
-        out = attn_op.dilated_band_attention(
-            q, k, v, keys, left=left, right=right, segments=segment_ids,
-            dilation=cfg.layer_dilations[self.layer_index], block=cfg.attention_block_size or None,
-            dropout_rate=rate, dropout_rng=rng, loop=cfg.band_impl == "loop")
+        options = dict(left=left, right=right, dilation=cfg.layer_dilations[self.layer_index],
+                       block=cfg.attention_block_size or None, dropout_rate=rate,
+                       dropout_rng=rng, loop=cfg.band_impl == "loop")
+        if sp.shards() > 1:  # the text split over the mesh's `sequence` axis: halo exchange
+            out = attn_op.sharded_longformer_attention(q, k, v, keys, segment_ids=segment_ids,
+                                                       **options)
+        else:
+            out = attn_op.dilated_band_attention(q, k, v, keys, segments=segment_ids, **options)
         return Dense(hidden, cfg, ("heads", "embed"), name="output")(out.reshape(batch, length,
                                                                                   hidden))
 

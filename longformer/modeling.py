@@ -433,7 +433,7 @@ def _gather_rows(x, index):
     split over the mesh."""
     if sp.shards() == 1:
         return attn_op.gather_rows(x, index)
-    return sp.over_sequence(lambda xs, i: attn_op.gather_rows(xs, i, sp.AXIS),
+    return sp.over_sequence(lambda xs, i: sp.gather_rows(xs, i, sp.AXIS, varying=False),
                             (sp.along(1), sp.P()), sp.P())(x, index)
 
 

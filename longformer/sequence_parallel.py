@@ -101,9 +101,14 @@ def halo(x, before: int, after: int, axis: str):
     return fetch(before, 1), fetch(after, -1)
 
 
-def gather_rows(x: jax.Array, index: jax.Array, axis: str) -> jax.Array:
+def gather_rows(x: jax.Array, index: jax.Array, axis: str, varying: bool = True) -> jax.Array:
     """x's rows at document positions index (B, G) -> (B, G, ...) on every shard: each shard
-    gives the rows it holds, zeros for the others, and the shards' parts are summed."""
+    gives the rows it holds, zeros for the others, and the shards' parts are summed.
+
+    `varying`: floats come back typed as varying over the axis (`lax.pcast`), as what they meet
+    in the op is: so that their gradient's sum over the shards is this function's own, in
+    float32, rather than one JAX inserts in their dtype (XLA:CPU fails to compile bfloat16
+    all-reduces). False for a result that leaves the shard_map whole."""
     length = x.shape[1]
     local = index - start(length, axis)
     here = (local >= 0) & (local < length)
@@ -111,7 +116,21 @@ def gather_rows(x: jax.Array, index: jax.Array, axis: str) -> jax.Array:
     here = here.reshape(here.shape + (1,) * (x.ndim - 2))
     if x.dtype == bool:
         return lax.psum(jnp.where(here, rows, False).astype(jnp.int32), axis) > 0
-    return lax.psum(jnp.where(here, rows, jnp.zeros((), x.dtype)), axis)
+    # One shard gives each row, the others zeros: the sum is exact in any precision. It runs in
+    # float32 for narrower floats.
+    rows = lax.psum(jnp.where(here, rows, 0).astype(widened(x.dtype)), axis)
+    return (varying_over(rows, axis) if varying else rows).astype(x.dtype)
+
+
+def widened(dtype):
+    """float32 for floats narrower than it; other dtypes as they are."""
+    return jnp.promote_types(dtype, jnp.float32) if jnp.issubdtype(dtype, jnp.floating) else dtype
+
+
+def varying_over(x: jax.Array, axis: str) -> jax.Array:
+    """x (the same on every shard) typed as varying over the axis: its cotangent is then summed
+    over the shards by this cast's transpose, in x's dtype (give it float32)."""
+    return lax.pcast(x, (axis,), to="varying")
 
 
 def local_index(index: jax.Array, valid: jax.Array, length: int, axis: str) -> jax.Array:

@@ -110,13 +110,39 @@ def equality_cases() -> dict:
     out.update(compare("features", LongformerModel(features, add_pooling_layer=False), four,
                        ["last_hidden_state", "attentions", "global_attentions"], hidden_loss,
                        output_attentions=True))
+    out.update(compare("bfloat16", LongformerForMaskedLM(cfg.replace(dtype="bfloat16")), four,
+                       ["logits"], mlm_loss))
     out.update(compare("classification", LongformerForSequenceClassification(
         cfg.replace(num_labels=3)), four, ["logits"], lambda o, _: o.logits.sum() ** 2))
     out.update(compare("qa", LongformerForQuestionAnswering(cfg), four,
                        ["start_logits", "end_logits"],
                        lambda o, _: jnp.sum(jax.nn.log_softmax(o.start_logits)[:, 40]
                                             + jax.nn.log_softmax(o.end_logits)[:, 45])))
+    out.update(charlm_case())
     return out
+
+
+def charlm_case() -> dict:
+    """The causal, dilated char LM (its own layers and rotary positions) on sequence 4."""
+    from longformer.charlm import CharLM
+
+    cfg = LongformerConfig(**{**BASE, "vocab_size": 256, "causal": True, "max_global_tokens": 0,
+                              "attention_dilation": (1, 2)})
+    model = CharLM(cfg)
+    ids = np.random.RandomState(0).randint(0, 256, (BATCH, 512)).astype(np.int32)
+    params = model.init(jax.random.key(0), ids[:, :32])
+
+    def run(p):
+        logits = model.apply(p, ids)
+        return mlm_loss(type("Out", (), {"logits": logits}), ids), logits
+
+    step = jax.value_and_grad(run, has_aux=True)
+    (ref_loss, ref_out), ref_grad = jax.jit(step)(params)
+    with sharding.activation_context(mesh_of((1, 1, 4, 1))):
+        (loss, out), grad = jax.jit(step)(params)
+    return {"charlm (1, 1, 4, 1)": dict(loss=max_diff(loss, ref_loss),
+                                        outputs=max_diff(out, ref_out),
+                                        grads=max_diff(grad, ref_grad))}
 
 
 def op_cases() -> dict:
@@ -150,7 +176,7 @@ def op_cases() -> dict:
         def split(q, k, v, kg, vg, mask, is_global):
             g = (sp.over_sequence(lambda m: attn.global_token_indices(m, budget, sp.AXIS),
                                   (sp.along(1),), P())(is_global) if use_global else None)
-            q_global = g and sp.over_sequence(lambda x, i: attn.gather_rows(x, i, sp.AXIS),
+            q_global = g and sp.over_sequence(lambda x, i: sp.gather_rows(x, i, sp.AXIS, varying=False),
                                               (sp.along(1), P()), P())(q, g.index)
             return attn.sharded_longformer_attention(
                 q, k, v, mask, left=left, right=right, dilation=dilation, globals_=g,
