@@ -37,11 +37,18 @@ _INPUTS = ("input_ids", "attention_mask", "global_attention_mask")
 # task -> (the per-token fields of its eval batches, {per-token eval output: padding value}).
 # Classification and multiple choice read token 0 only; token classification's word predictions
 # and QA's spans are read at real tokens only, so the padding values are never looked at.
+# Positions that index into a row (answer spans, WikiHop's candidate markers, HotpotQA's
+# sentence and paragraph markers) all point at real tokens, which a cut never removes; the
+# fields holding them are per example (their last axis counts spans or slots, not tokens).
+_SPANS = {"start_logits": NO_SCORE, "end_logits": NO_SCORE}
 TASKS = {
     "classification": (_INPUTS, {}),
     "multiple_choice": (_INPUTS, {}),  # (batch, choices, seq_len): cut on the last axis
     "token_classification": (_INPUTS + ("labels",), {"predictions": 0}),
-    "qa": (_INPUTS, {"start_logits": NO_SCORE, "end_logits": NO_SCORE}),
+    "qa": (_INPUTS, _SPANS),
+    "triviaqa": (_INPUTS, _SPANS),
+    "hotpotqa": (_INPUTS, _SPANS),
+    "wikihop": (_INPUTS, {}),  # (batch, chunks, seq_len): every chunk cut to the longest
 }
 # What a per-token field holds at padding; any other value marks a position in use. input_ids
 # is not asked: a pad id under attention_mask 0 is padding whatever the id.

@@ -338,3 +338,148 @@ FILE_CASES: list[Case] = [
 ]
 
 assert len({c.name for c in FILE_CASES}) == len(FILE_CASES)
+
+
+# --------------------------------------------------------------- the readers and tasks of issue 14
+def _file(tmp, name, content) -> str:
+    path = tmp / name
+    path.write_bytes(content) if isinstance(content, bytes) else path.write_text(
+        content if isinstance(content, str) else json.dumps(content))
+    return str(path)
+
+
+def _hyperpartisan(tmp, truth: str, articles: str = '<articles><article id="1">a</article>'
+                   '</articles>'):
+    """read_hyperpartisan on a ground-truth file and an articles file (XML bodies as given)."""
+    from longformer import readers
+    return readers.read_hyperpartisan([_file(tmp, "truth.xml", truth),
+                                       _file(tmp, "articles.xml", articles)])
+
+
+_TRUTH = '<articles><article id="1" hyperpartisan="true"/></articles>'
+_TQ = {"Question": "which city", "QuestionId": "tq_1",
+       "Answer": {"Value": "Lima", "Aliases": ["Lima"], "NormalizedAliases": ["lima"]},
+       "EntityPages": [{"Filename": "Lima.txt"}]}
+
+
+def _triviaqa(tmp, data=None, evidence=b"Lima is a city", **top):
+    """read_wikipedia on a release laid out in tmp (qa/dev.json, evidence/wikipedia/Lima.txt)."""
+    from longformer.tasks import triviaqa
+    (tmp / "qa").mkdir()
+    (tmp / "evidence" / "wikipedia").mkdir(parents=True)
+    (tmp / "evidence" / "wikipedia" / "Lima.txt").write_bytes(evidence)
+    doc = {"Domain": "Wikipedia", **({} if data is None else {"Data": data}), **top}
+    return triviaqa.read_wikipedia(_file(tmp, "qa/dev.json", doc))
+
+
+def _wikihop(tmp, **changes):
+    """read_wikihop and every record's check, on one record with `changes`."""
+    from longformer.tasks import wikihop
+    rec = {"id": "WH_1", "query": "located_in rome", "answer": "italy",
+           "candidates": ["italy", "spain"], "supports": ["rome is in italy ."], **changes}
+    return [wikihop.check_record(r) for r in wikihop.read_wikihop(_file(tmp, "dev.json", [rec]))]
+
+
+def _hotpot(tmp, *items):
+    """read_hotpot and every record's check (labels needed, as for training)."""
+    from longformer.tasks import hotpotqa
+    return [hotpotqa.check_record(r, need_labels=True)
+            for r in hotpotqa.read_hotpot(_file(tmp, "train.json", list(items)))]
+
+
+_HQ = {"_id": "h1", "question": "who?", "answer": "Ann", "supporting_facts": [["Ann", 0]],
+       "context": [["Ann", ["Ann met Bob ."]]]}
+
+
+def _task_config(**data):
+    return ml_collections.ConfigDict({"data": data})
+
+
+def _readers(call):
+    from longformer import readers
+    return call(readers)
+
+
+FILE_CASES += [
+    Case("data.fields maps a field twice",
+         lambda t: _readers(lambda r: r.parse_fields("text=body,text=title")), ValueError,
+         ["data.fields='text=body,text=title'", "'text' is mapped twice"]),
+    Case("data.format unknown",
+         lambda t: _readers(lambda r: r.read(str(t), fmt="csv", fields="", split="train",
+                                             default=finetune.read_jsonl)), ValueError,
+         ["data.format 'csv' is not one of"]),
+    Case("hyperpartisan root not <articles>",
+         lambda t: _hyperpartisan(t, '<docs><article id="1" hyperpartisan="true"/></docs>'),
+         finetune.DataError, _p("truth.xml", ["the root element is <docs>, not <articles>"])),
+    Case("hyperpartisan no articles", lambda t: _hyperpartisan(t, "<articles></articles>"),
+         finetune.DataError, _p("truth.xml", ["no <article> elements"])),
+    Case("hyperpartisan article without id",
+         lambda t: _hyperpartisan(t, '<articles><article hyperpartisan="true"/></articles>'),
+         finetune.DataError, _p("truth.xml", ["an <article> without an id attribute"])),
+    Case("hyperpartisan label not true/false",
+         lambda t: _hyperpartisan(t, '<articles><article id="1" hyperpartisan="yes"/></articles>'),
+         finetune.DataError, _p("truth.xml", ["article id '1' has hyperpartisan='yes', not 'true' "
+                                              "or 'false'"])),
+    Case("hyperpartisan ground truth twice",
+         lambda t: _hyperpartisan(t, _TRUTH.replace("</articles>", '<article id="1" '
+                                                    'hyperpartisan="false"/></articles>')),
+         finetune.DataError, _p("truth.xml", ["article id '1' has ground truth twice"])),
+    Case("hyperpartisan article twice",
+         lambda t: _hyperpartisan(t, _TRUTH, '<articles><article id="1">a</article>'
+                                  '<article id="1">b</article></articles>'),
+         finetune.DataError, _p("articles.xml", ["article id '1' occurs twice"])),
+    Case("triviaqa file without Data", lambda t: _triviaqa(t), finetune.DataError,
+         _p("qa", "dev.json", ['"Data" is missing'])),
+    Case("triviaqa question not an object", lambda t: _triviaqa(t, [_TQ, 7]), finetune.DataError,
+         _p("qa", "dev.json", ["(Data[1]): a number, not a question object"])),
+    Case("triviaqa question empty", lambda t: _triviaqa(t, [{**_TQ, "Question": " "}]),
+         finetune.DataError, _p("qa", "dev.json", ["(Data[0], QuestionId 'tq_1'): the question "
+                                                   "is empty"])),
+    Case("triviaqa aliases not strings",
+         lambda t: _triviaqa(t, [{**_TQ, "Answer": {**_TQ["Answer"], "Aliases": [3]}}]),
+         finetune.DataError, _p("qa", "dev.json", ["QuestionId 'tq_1'", "Answer.Aliases must be "
+                                                   "a string or a list of strings"])),
+    Case("triviaqa answer without normalized aliases",
+         lambda t: _triviaqa(t, [{**_TQ, "Answer": {"Value": "Lima"}}]), finetune.DataError,
+         _p("qa", "dev.json", ["QuestionId 'tq_1'", "the Answer has no NormalizedAliases"])),
+    Case("triviaqa page not an object",
+         lambda t: _triviaqa(t, [{**_TQ, "EntityPages": ["Lima.txt"]}]), finetune.DataError,
+         _p("qa", "dev.json", ["QuestionId 'tq_1', EntityPages[0]): a string, not a page "
+                               "object"])),
+    Case("triviaqa evidence not UTF-8", lambda t: _triviaqa(t, [_TQ], evidence=b"Lima \xff"),
+         finetune.DataError,
+         lambda t: [str(t / "qa" / "dev.json"), "EntityPages[0]", "evidence file 'Lima.txt'",
+                    str(t / "evidence" / "wikipedia" / "Lima.txt"), "not UTF-8 text (byte 5"]),
+    Case("triviaqa max_answer_spans 0",
+         lambda t: _triviaqa_config(max_answer_spans=0, max_doc_tokens=0), ValueError,
+         ["data.max_answer_spans=0 must be >= 1"]),
+    Case("triviaqa max_doc_tokens negative",
+         lambda t: _triviaqa_config(max_answer_spans=1, max_doc_tokens=-1), ValueError,
+         ["data.max_doc_tokens=-1 must be >= 0"]),
+    Case("wikihop query empty", lambda t: _wikihop(t, query=""), finetune.DataError,
+         _p("dev.json", ["(record 0, id 'WH_1'): the query is empty"])),
+    Case("wikihop support not a string", lambda t: _wikihop(t, supports=["a", ["b"]]),
+         finetune.DataError, _p("dev.json", ["id 'WH_1'", "supports must be strings"])),
+    Case("wikihop max_chunks 0", lambda t: _wikihop_config(max_chunks=0), ValueError,
+         ["data.max_chunks=0 must be at least 1"]),
+    Case("hotpotqa item not an object", lambda t: _hotpot(t, _HQ, "text"), finetune.DataError,
+         _p("train.json", ["(item 1): a string, not an object"])),
+    Case("hotpotqa question empty", lambda t: _hotpot(t, {**_HQ, "question": ""}),
+         finetune.DataError, _p("train.json", ["(item 0, _id 'h1'): the question is empty"])),
+    Case("hotpotqa paragraph malformed",
+         lambda t: _hotpot(t, {**_HQ, "context": [["Ann", "Ann met Bob ."]]}), finetune.DataError,
+         _p("train.json", ["_id 'h1'", "context[0] must be [title, [sentence, ...]]"])),
+]
+
+
+def _triviaqa_config(**data):
+    from longformer.tasks import triviaqa
+    return triviaqa.check_config(_task_config(**data))
+
+
+def _wikihop_config(**data):
+    from longformer.tasks import wikihop
+    return wikihop.check_config(_task_config(**data))
+
+
+assert len({c.name for c in FILE_CASES}) == len(FILE_CASES)

@@ -8,9 +8,12 @@ import jax
 import numpy as np
 import pytest
 
-from configs import classify, multiple_choice, qa, token_classify
+from configs import classify, hotpotqa, multiple_choice, qa, token_classify, triviaqa, wikihop
 from longformer import bucketing, evaluation, hf_checkpoint, sharding, tasks
+from longformer.tasks import hotpotqa as hotpotqa_task
 from longformer.tasks import synthetic
+from longformer.tasks import triviaqa as triviaqa_task
+from longformer.tasks import wikihop as wikihop_task
 
 SEQ_LEN, WINDOW = 128, 16
 TAGS = "O,B-PER,I-PER,B-LOC,I-LOC,B-ORG,I-ORG"
@@ -28,11 +31,37 @@ def _records(task, sizes, seed=7):
             "token_classification": functools.partial(synthetic.token_classification,
                                                       entities_per_paragraph=1, max_distance=6),
             "multiple_choice": synthetic.multiple_choice,
-            "qa": synthetic.question_answering}[task]
+            "qa": synthetic.question_answering,
+            "wikihop": wikihop_task.synthetic_records,
+            # size = paragraphs (of two or three 4-word sentences)
+            "hotpotqa": lambda n, seed, num_words: hotpotqa_task.synthetic_records(
+                n, seed, num_paragraphs=num_words, num_sentences=seed % 2)}[task]
     out = []
     for i, n in enumerate(sizes):
         out += make(3, seed + i, num_words=n)
     return out
+
+
+def _eval_file(name, sizes, folder):
+    """The eval set in the task's own file format."""
+    if name == "triviaqa":  # the release's layout: qa/<file> and evidence/wikipedia/<Filename>
+        (folder / "evidence" / "wikipedia").mkdir(parents=True)
+        (folder / "qa").mkdir()
+        items = []
+        for i, n in enumerate(sizes):
+            more, texts = triviaqa_task.synthetic_items(2, 7 + i, num_words=n, num_categories=1)
+            items += more
+            for filename, text in texts.items():
+                (folder / "evidence" / "wikipedia" / filename).write_text(text)
+        path = folder / "qa" / "wikipedia-dev.json"
+        path.write_text(json.dumps({"Data": items, "Domain": "Wikipedia"}))
+    elif name == "wikihop":  # one JSON list
+        path = folder / "dev.json"
+        path.write_text(json.dumps(_records(name, sizes)))
+    else:  # JSON lines (HotpotQA's objects one per line)
+        path = folder / "eval.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in _records(name, sizes)))
+    return str(path)
 
 
 CASES = {  # task -> (config module, overrides, document sizes in words)
@@ -43,6 +72,13 @@ CASES = {  # task -> (config module, overrides, document sizes in words)
     "multiple_choice": (multiple_choice, {}, (5, 10, 20, 40, 60, 100)),
     "qa": (qa, {"data.window_overlap": 16, "data.max_question_tokens": 4,
                 "model.max_global_tokens": 5}, (12, 20, 30, 45, 70, 110, 150)),
+    # windows of pages, answer spans (rows, max_answer_spans) per row
+    "triviaqa": (triviaqa, {"data.window_overlap": 16, "data.max_answer_spans": 4},
+                 (9, 16, 30, 50, 80, 140)),
+    # (examples, 2 chunks, seq_len) rows, candidate markers in the prefix
+    "wikihop": (wikihop, {"data.max_chunks": 2}, (20, 24, 30, 40, 60, 100)),
+    # marker positions (sentences, paragraphs) into the row; the larger ones cut at seq_len
+    "hotpotqa": (hotpotqa, {"data.synthetic.num_words": 4}, (2, 2, 2, 2, 4, 10)),
 }
 
 
@@ -55,9 +91,7 @@ def _task(name, tmp_path):
     c.data.seq_len = SEQ_LEN
     c.data.synthetic.update(num_train=24, num_eval=8, num_words=60)
     c.batch_size = 4
-    eval_file = tmp_path / "eval.jsonl"
-    eval_file.write_text("".join(json.dumps(r) + "\n" for r in _records(name, sizes)))
-    c.data.eval_file = str(eval_file)
+    c.data.eval_file = _eval_file(name, sizes, tmp_path)
     c.update_from_flattened_dict(overrides)
     return c, tasks.build(c, str(tmp_path / "work"))
 
@@ -88,7 +122,9 @@ def test_bucketed_eval_scores_as_unbucketed(name, tmp_path):
     assert len(shapes) == len(plain_shapes)
     assert {s[-1] for s in shapes} <= set(buckets.lengths)
     assert len(set(shapes)) <= len(buckets.lengths)
-    assert len(set(shapes)) >= 3  # the eval set's lengths are mixed: the buckets are used
+    # The eval set's lengths are mixed: the buckets are used (HotpotQA's shortest rows, two
+    # paragraphs, and WikiHop's prefix of query and candidates take over 32 tokens).
+    assert len(set(shapes)) >= (2 if name in ("hotpotqa", "wikihop") else 3)
     assert sum(s[-1] for s in shapes) < 0.8 * sum(s[-1] for s in plain_shapes)  # tokens run
 
     metrics, bucketed_metrics = task.summarize(plain), task.summarize(bucketed)
@@ -98,7 +134,7 @@ def test_bucketed_eval_scores_as_unbucketed(name, tmp_path):
     for row, other in zip(rows, bucketed_rows):
         assert row.keys() == other.keys()
         for key in row:
-            if isinstance(row[key], float) or key == "probabilities":
+            if isinstance(row[key], float) or key in ("probabilities", "scores"):
                 assert other[key] == pytest.approx(row[key], rel=1e-4, abs=1e-5), key
             else:
                 assert other[key] == row[key], key
