@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from longformer import files, losses, metrics
-from longformer.modeling import LongformerForCandidateScoring, candidate_logits
+from longformer.modeling import LongformerForCandidateScoring
 from longformer.tasks import finetune, synthetic
 from longformer.tasks.base import Task
 
@@ -161,8 +161,9 @@ def encode(config, tokenizer, records: list[dict], facts: dict, mode: str):
 
 # ----------------------------------------------------------------------------- scoring
 def score(out, batch, facts: dict):
-    """Per-example loss over the real candidates (chunk scores averaged), and hits."""
-    logits = candidate_logits(out.logits, batch["candidate_positions"])
+    """Per-example loss over the real candidates, and hits; the head has read each candidate's
+    logit from its markers (`candidate_positions` is one of `SPEC.model_inputs`)."""
+    logits = out.logits
     loss, _ = losses.cross_entropy(logits, batch["label"])
     hits = {"accuracy": (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)}
     return loss, hits, {"logits": logits, "loss": loss}
@@ -229,7 +230,8 @@ SPEC = finetune.Spec(
     prepare=prepare, encode=encode, score=score, summarize=summarize, predict=predict,
     info=lambda facts: {"candidate slots": facts["max_candidates"], "chunks": facts["max_chunks"]},
     unit="questions",
-    no_packing="each example is already its own (chunks, seq_len) rows")
+    no_packing="each example is already its own (chunks, seq_len) rows",
+    model_inputs=("candidate_positions",))
 
 
 def build(config, workdir: str) -> Task:
