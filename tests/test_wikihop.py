@@ -202,3 +202,15 @@ def test_builds_from_native_files_and_refuses_packing(tmp_path):
     c.data.update(max_candidates=0, packing=True)
     with pytest.raises(ValueError, match="wikihop does not pack"):
         tasks.build(c, str(tmp_path / "run3"))
+
+
+@pytest.mark.parametrize("mention_others", [True, False])
+def test_synthetic_evidence(mention_others):
+    for rec in wikihop.synthetic_records(20, 3, num_words=40, num_candidates=4, num_supports=2,
+                                         mention_others=mention_others):
+        words = " ".join(rec["supports"]).split()
+        # `code` once, right before the answer; each other candidate once, or never.
+        assert words.count("code") == 1 and words[words.index("code") + 1] == rec["answer"]
+        assert words.count(rec["answer"]) == 1
+        others = [c for c in rec["candidates"] if c != rec["answer"]]
+        assert [words.count(c) for c in others] == [int(mention_others)] * len(others)
