@@ -773,8 +773,7 @@ class LongformerForCandidateScoring(_Head):
     mean over the chunks that hold it, so an example's chunks share one softmax, as in the paper.
     Logits are (batch, candidates), `NO_SCORE` where a candidate is filler; `labels` (batch,)
     are candidate indices (-100 ignored). Without `candidate_positions` the logits are the
-    per-token scores, shaped like the inputs (what the wikihop task reads, since the fine-tuning
-    loop hands a model its token inputs only). The layer's bias cancels in the softmax over
+    per-token scores, shaped like the inputs. The layer's bias cancels in the softmax over
     candidates (the authors' has none). No default global attention (the reference has no such
     head): give the question and candidates as global. Packed rows are refused: an example is
     already a set of rows.

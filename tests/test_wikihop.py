@@ -3,7 +3,6 @@ the candidate-scoring head against numpy, the chunk averaging, accuracy and the 
 file, and clear errors on bad records."""
 
 import json
-import types
 
 import jax
 import ml_collections
@@ -151,9 +150,14 @@ def test_head_against_numpy():
     z = want - want.max(-1, keepdims=True)
     log_probs = z - np.log(np.exp(z).sum(-1, keepdims=True))
     np.testing.assert_allclose(out.loss, -(log_probs[0, 2] + log_probs[1, 0]) / 2, rtol=1e-5)
-    # The task reads the head's per-token scores (no positions given) the same way.
-    batch = {"candidate_positions": positions, "label": labels}
-    loss, hits, _ = wikihop.score(types.SimpleNamespace(logits=token), batch, {})
+    # Without positions the head gives the per-token scores.
+    np.testing.assert_allclose(model.apply(params, ids, attention_mask=(ids != 1).astype(
+        np.int32), global_attention_mask=glob).logits, token, rtol=1e-5, atol=1e-6)
+    # The task's path: the fine-tuning loop hands the head its `model_inputs`.
+    batch = {"input_ids": ids, "attention_mask": (ids != 1).astype(np.int32),
+             "global_attention_mask": glob, "candidate_positions": positions, "label": labels}
+    out = finetune.apply(model, params, batch, inputs=wikihop.SPEC.model_inputs)
+    loss, hits, _ = wikihop.score(out, batch, {})
     np.testing.assert_allclose(loss, [-log_probs[0, 2], -log_probs[1, 0]], rtol=1e-5)
     assert np.asarray(hits["accuracy"]).tolist() == [float(want[0].argmax() == 2),
                                                      float(want[1].argmax() == 0)]
@@ -198,3 +202,15 @@ def test_builds_from_native_files_and_refuses_packing(tmp_path):
     c.data.update(max_candidates=0, packing=True)
     with pytest.raises(ValueError, match="wikihop does not pack"):
         tasks.build(c, str(tmp_path / "run3"))
+
+
+@pytest.mark.parametrize("mention_others", [True, False])
+def test_synthetic_evidence(mention_others):
+    for rec in wikihop.synthetic_records(20, 3, num_words=40, num_candidates=4, num_supports=2,
+                                         mention_others=mention_others):
+        words = " ".join(rec["supports"]).split()
+        # `code` once, right before the answer; each other candidate once, or never.
+        assert words.count("code") == 1 and words[words.index("code") + 1] == rec["answer"]
+        assert words.count(rec["answer"]) == 1
+        others = [c for c in rec["candidates"] if c != rec["answer"]]
+        assert [words.count(c) for c in others] == [int(mention_others)] * len(others)
