@@ -10,7 +10,8 @@ jobs): eval accuracy at chance (0.37) up to step 1,200, then 0.62 at step 1,600,
 and 0.62 at 2,400 (chance 0.37; eval loss 0.59 against 1.05), 9 minutes of training.
 With every other candidate mentioned too (`data.synthetic.mention_others=True`: the marker must
 also check the word before each mention, two hops) the model stayed at chance in every short
-run tried (3 layers, absolute or rotary positions, 48 to 256-token chunks, 400 to 3,000 steps):
+run tried (3 layers, absolute or rotary positions, 48 to 256-token chunks, 400 to 3,000 steps).
+The demo:
 
     python train.py --config=configs/wikihop.py --workdir=runs/wikihop_demo
     python eval.py --config=configs/wikihop.py --checkpoint=runs/wikihop_demo
