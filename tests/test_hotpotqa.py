@@ -122,7 +122,7 @@ def test_decoding_round_trips_unicode_spans(records, tokenizer):
     # Every answer right; A, C, D miss the unanswerable ("Ann", 5): sp precision 1, recall 2/3.
     assert scores["em"] == 100.0 and scores["sp_em"] == 25.0
     assert scores["sp_f1"] == pytest.approx(100 * (3 * 0.8 + 1) / 4)
-    assert hotpotqa.official(hotpotqa.predict(outputs, config=config, facts={}, evals=evals)
+    assert hotpotqa.official_predictions(hotpotqa.predict(outputs, config=config, facts={}, evals=evals)
                              )["answer"] == answers
 
 

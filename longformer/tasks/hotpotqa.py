@@ -319,7 +319,7 @@ def predict(outputs: list, *, config, facts: dict, evals) -> list[dict]:
             for i in g["index"]]
 
 
-def official(predictions: list[dict]) -> dict:
+def official_predictions(predictions: list[dict]) -> dict:
     """predict's records -> the official prediction file's object."""
     return {"answer": {p["_id"]: p["answer"] for p in predictions},
             "sp": {p["_id"]: p["sp"] for p in predictions}}
@@ -390,7 +390,7 @@ def main(argv: list[str]) -> None:
         raise SystemExit("usage: python -m longformer.tasks.hotpotqa predictions.jsonl pred.json")
     predictions = [json.loads(line) for line in open(argv[1], encoding="utf-8") if line.strip()]
     with open(argv[2], "w", encoding="utf-8") as f:
-        json.dump(official(predictions), f, ensure_ascii=False)
+        json.dump(official_predictions(predictions), f, ensure_ascii=False)
 
 
 if __name__ == "__main__":

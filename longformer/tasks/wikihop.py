@@ -189,7 +189,7 @@ def predict(outputs: list, *, config, facts: dict, evals) -> list[dict]:
     return out
 
 
-def leaderboard(predictions: list[dict]) -> dict:
+def official_predictions(predictions: list[dict]) -> dict:
     """{id: predicted answer}, the file the QAngaroo leaderboard scores."""
     return {p["id"]: p["predicted"] for p in predictions}
 
@@ -246,4 +246,4 @@ def build(config, workdir: str) -> Task:
 
 if __name__ == "__main__":  # predictions_step_N.jsonl (eval.py's) -> the leaderboard's JSON
     rows = [json.loads(line) for line in open(sys.argv[1], encoding="utf-8") if line.strip()]
-    json.dump(leaderboard(rows), sys.stdout, ensure_ascii=False, indent=1)
+    json.dump(official_predictions(rows), sys.stdout, ensure_ascii=False, indent=1)
