@@ -291,23 +291,26 @@ def sharded_longformer_attention(q, k, v, attention_mask, *, globals_=None, q_gl
                           if isinstance(k_global, GlobalProjection) else rows),
                 v_global=(v_global, rows), dropout_rng=(dropout_rng, whole))
     names = [name for name, (x, _) in args.items() if x is not None]
-    # The whole arrays' gradients are summed over the shards: in float32 (they are small: G rows
-    # and the global projections), as XLA:CPU fails to compile bfloat16 all-reduces; so they
-    # enter widened and are typed varying before they are narrowed again.
-    given = [args[n][0] for n in names]
-    dtypes = jax.tree.map(lambda x: x.dtype, given)
+    given, specs = [args[n][0] for n in names], [args[n][1] for n in names]
 
-    specs = [args[n][1] for n in names]
+    # The whole (replicated) float arrays' gradients are summed over the shards: in float32 (they
+    # are small: G rows and the global projections), as XLA:CPU fails to compile bfloat16
+    # all-reduces. So they enter widened and are typed varying before they are narrowed again.
+    def whole_floats(fn):
+        def per_arg(spec, x):  # spec: a prefix of x's tree
+            touch = lambda a: fn(a) if jnp.issubdtype(a.dtype, jnp.floating) else a  # noqa: E731
+            return jax.tree.map(touch, x) if spec == whole else x
+        return lambda xs: jax.tree.map(per_arg, specs, list(xs),
+                                       is_leaf=lambda t: isinstance(t, P))
 
-    def narrowed(spec, x, dtype):  # spec: a prefix of x's tree
-        def one(x, dtype):
-            if spec == whole and jnp.issubdtype(dtype, jnp.floating):
-                x = sp.varying_over(x, sp.AXIS)
-            return x.astype(dtype)
-        return jax.tree.map(one, x, dtype)
+    widen = whole_floats(lambda a: a.astype(sp.widened(a.dtype)))
+    wide = widen(given)
+    narrow_to = jax.tree.map(lambda w, a: a.dtype, wide, given)
 
     def local(*xs):
-        xs = jax.tree.map(narrowed, specs, list(xs), dtypes, is_leaf=lambda t: isinstance(t, P))
+        xs = whole_floats(lambda a: sp.varying_over(a, sp.AXIS))(xs)
+        xs = jax.tree.map(lambda a, dtype: a.astype(dtype) if a.dtype != dtype else a, xs,
+                          narrow_to)
         result = longformer_attention(**dict(zip(names, xs)), return_probs=return_probs,
                                       axis=sp.AXIS, **options)
         if return_probs and result[2] is None:  # a shard_map's outputs are arrays
@@ -317,8 +320,7 @@ def sharded_longformer_attention(q, k, v, attention_mask, *, globals_=None, q_gl
     weights = sp.along(2)  # (B, H, N, ...)
     use_global = globals_ is not None and globals_.index.shape[1] > 0
     out_specs = (rows, weights, weights if use_global else whole) if return_probs else rows
-    result = sp.over_sequence(local, tuple(specs), out_specs)(
-        *jax.tree.map(lambda x: x.astype(sp.widened(x.dtype)), given))
+    result = sp.over_sequence(local, tuple(specs), out_specs)(*wide)
     if return_probs and not use_global:
         result = (*result[:2], None)
     return result
