@@ -26,11 +26,19 @@ from ml_collections import config_flags
 
 from longformer import train_lib
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Task config file.", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Parent folder: seed k runs in seed_<k>.")
-_SEEDS = flags.DEFINE_integer("seeds", 5, "How many seeds (0, 1, ...).")
-_AGGREGATE = flags.DEFINE_bool("aggregate", False, "Only aggregate the workdirs given as "
-                               "arguments (or the seed_* folders of --workdir).")
+_FLAGS: dict = {}
+
+
+def _define_flags() -> None:
+    """The program's flags, defined only when it runs as one: importing this module (the tests,
+    `aggregate`) then never clashes with another module's flags (`generate.py`'s --config)."""
+    _FLAGS.update(
+        config=config_flags.DEFINE_config_file("config", None, "Task config file.",
+                                               lock_config=True),
+        workdir=flags.DEFINE_string("workdir", None, "Parent folder: seed k runs in seed_<k>."),
+        seeds=flags.DEFINE_integer("seeds", 5, "How many seeds (0, 1, ...)."),
+        aggregate=flags.DEFINE_bool("aggregate", False, "Only aggregate the workdirs given as "
+                                    "arguments (or the seed_* folders of --workdir)."))
 
 
 def last_eval(workdir: str) -> dict[str, float]:
@@ -72,16 +80,17 @@ def aggregate(workdirs: Sequence[str]) -> dict[str, dict]:
 def main(argv):
     logging.getLogger("absl").setLevel(logging.WARNING)
     logging.getLogger("longformer").setLevel(logging.INFO)
-    workdir = _WORKDIR.value
-    if _AGGREGATE.value:
+    workdir = _FLAGS["workdir"].value
+    if _FLAGS["aggregate"].value:
         runs = argv[1:] or sorted(
             os.path.join(workdir, d) for d in os.listdir(workdir) if d.startswith("seed_"))
     else:
-        if not (_CONFIG.value and workdir):
+        config_file = _FLAGS["config"].value
+        if not (config_file and workdir):
             raise app.UsageError("--config and --workdir are required (or --aggregate)")
         runs = []
-        for seed in range(_SEEDS.value):
-            config = _CONFIG.value.copy_and_resolve_references()
+        for seed in range(_FLAGS["seeds"].value):
+            config = config_file.copy_and_resolve_references()
             config.seed = seed
             runs.append(os.path.join(workdir, f"seed_{seed}"))
             train_lib.train_and_evaluate(config, runs[-1])
@@ -97,4 +106,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    _define_flags()
     app.run(main)

@@ -23,7 +23,6 @@ from longformer.config import LongformerConfig
 from longformer.modeling import (
     LongformerForMaskedLM,
     LongformerForQuestionAnswering,
-    LongformerForSequenceClassification,
     LongformerModel,
 )
 
@@ -112,8 +111,6 @@ def equality_cases() -> dict:
                        output_attentions=True))
     out.update(compare("bfloat16", LongformerForMaskedLM(cfg.replace(dtype="bfloat16")), four,
                        ["logits"], mlm_loss))
-    out.update(compare("classification", LongformerForSequenceClassification(
-        cfg.replace(num_labels=3)), four, ["logits"], lambda o, _: o.logits.sum() ** 2))
     out.update(compare("qa", LongformerForQuestionAnswering(cfg), four,
                        ["start_logits", "end_logits"],
                        lambda o, _: jnp.sum(jax.nn.log_softmax(o.start_logits)[:, 40]
@@ -212,8 +209,8 @@ def refusals() -> dict:
 
 
 def layer_hlo(platform: str) -> dict:
-    """One layer's forward and backward at sequence 8, built for `platform` (compiled for these
-    CPU devices either way): what its collectives move."""
+    """One layer's train step (forward and backward) at sequence 8, built for `platform`
+    (compiled for these CPU devices either way): what its collectives move."""
     cfg = LongformerConfig(**{**BASE, "num_hidden_layers": 1, "attention_window": 16,
                               "max_position_embeddings": 2100, "max_global_tokens": 4,
                               "platform": platform})
@@ -227,11 +224,9 @@ def layer_hlo(platform: str) -> dict:
         return jnp.sum(model.apply(p, ids, global_attention_mask=glob).last_hidden_state ** 2)
 
     with sharding.activation_context(mesh_of((1, 1, 8, 1))):
-        fwd = jax.jit(lambda p: model.apply(p, ids, global_attention_mask=glob)
-                      .last_hidden_state).lower(params).compile().as_text()
-        bwd = jax.jit(jax.grad(loss)).lower(params).compile().as_text()
-    return dict(forward=collectives(fwd), train=collectives(bwd), batch=BATCH, length=2048,
-                shards=8, hidden=cfg.hidden_size, left=8, right=8, budget=4)
+        train = jax.jit(jax.grad(loss)).lower(params).compile().as_text()
+    return dict(train=collectives(train), batch=BATCH, length=2048, shards=8,
+                hidden=cfg.hidden_size, left=8, right=8, budget=4)
 
 
 def weak_scaling(per_device=4096) -> dict:
@@ -254,10 +249,6 @@ def weak_scaling(per_device=4096) -> dict:
         state, _ = train_lib.create_train_state(model, tx, mesh, jax.random.key(0))
         params = state["params"]
 
-        def fwd(p, ids):
-            glob = jnp.zeros_like(ids).at[:, 0].set(1)
-            return model.apply(p, ids, global_attention_mask=glob).logits
-
         def train(p, ids):
             def loss(p):
                 return mlm_loss(model.apply(p, ids, global_attention_mask=jnp.zeros_like(ids)
@@ -267,7 +258,7 @@ def weak_scaling(per_device=4096) -> dict:
         with sharding.activation_context(mesh):
             sh = sharding.NamedSharding(mesh, sharding.P())
             row = {}
-            for name, fn in (("forward", fwd), ("train", train)):
+            for name, fn in (("train", train),):  # bench.sequence_parallel: the forward too
                 mem = jax.jit(fn, in_shardings=(None, sh)).lower(params, ids).compile(
                 ).memory_analysis()
                 row[name] = int(mem.temp_size_in_bytes + mem.output_size_in_bytes

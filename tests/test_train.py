@@ -202,10 +202,11 @@ def test_sharded_equals_unsharded(tmp_path):
 
 def test_sequence_parallel_run_equals_one_device(tmp_path):
     """One document over 8 devices (`sequence` = 8) trains with the single-device losses.
-    Attention dropout is off: its masks are drawn per shard (hidden dropout is not)."""
+    Dropout is off: its masks are drawn per shard, not as one device draws them."""
     flags = ["--config.total_steps=4", "--config.logging.every_steps=1",
              "--config.checkpoint.every_steps=4", "--config.logging.eval_every_steps=100",
-             "--config.model.attention_probs_dropout_prob=0.0"]
+             "--config.model.attention_probs_dropout_prob=0.0",
+             "--config.model.hidden_dropout_prob=0.0"]
     eight = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
     run_train(tmp_path / "one", *flags)
     run_train(tmp_path / "sequence", *flags, "--config.mesh.shape=(1,1,8,1)", env=eight)
