@@ -5,7 +5,7 @@ colour candidates, four supporting documents of 8 filler words, the answer the o
 they mention (after `code`); the supports take two 48-token chunks, so the scores of both are
 averaged. The marker has to learn to read its own candidate (the next token) and then look for
 that colour among the supports; rotary positions (the demo's choice: a relative offset is what
-it must learn) and no dropout. Measured on 2026-12-02 (Intel Xeon, 2 cores shared with other
+it must learn) and no dropout. Measured on 2026-12-02 (AMD EPYC, 2 cores shared with other
 jobs): eval accuracy at chance (0.37) up to step 1,200, then 0.62 at step 1,600, 0.63 at 2,000
 and 0.62 at 2,400 (chance 0.37; eval loss 0.59 against 1.05), 9 minutes of training.
 With every other candidate mentioned too (`data.synthetic.mention_others=True`: the marker must
