@@ -132,7 +132,9 @@ def _jax_config(length: int, dtype: str, remat: str, dense: bool, block: int = 0
         attention_window=BASE["window"], max_position_embeddings=max(length, 512) + 2,
         type_vocab_size=1, layer_norm_eps=1e-5, hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0, dtype=dtype, remat=remat,
-        max_global_tokens=int(os.environ.get("BENCH_GLOBAL_BUDGET", "1")),
+        # The library's default budget (one token used); BENCH_GLOBAL_BUDGET sets another.
+        max_global_tokens=int(os.environ.get("BENCH_GLOBAL_BUDGET",
+                                             LongformerConfig.max_global_tokens)),
         attention_block_size=block, scan_layers=True, **kw)  # scan: remat takes effect on CPU
 
 

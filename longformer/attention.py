@@ -129,6 +129,24 @@ class GlobalProjection(NamedTuple):
     value_kernel: jax.Array  # (E, H, D)
     value_bias: jax.Array  # (H, D)
 
+    def projected(self) -> tuple[jax.Array, jax.Array]:
+        """`key_global`, `value_global` (B, N, H, D) of every token: what G slots at or above the
+        head size cost less with (float32 accumulation, the input's dtype)."""
+        def one(kernel, bias):
+            y = jnp.einsum("bne,ehd->bnhd", self.x, kernel.astype(self.x.dtype),
+                           preferred_element_type=jnp.float32)
+            return (y + bias.astype(jnp.float32)).astype(self.x.dtype)
+        return one(self.key_kernel, self.key_bias), one(self.value_kernel, self.value_bias)
+
+
+def budget_buckets(budget: int, ratio: int) -> tuple[int, ...]:
+    """The budgets a call's global path may run with, ascending: budget, budget / ratio, ...,
+    down to 1 (rounded up); `(budget,)` for a ratio of 1."""
+    buckets = [budget]
+    while ratio > 1 and buckets[-1] > 1:
+        buckets.append(-(-buckets[-1] // ratio))
+    return tuple(sorted(set(buckets)))
+
 
 def global_attention(
         q_global: jax.Array,
@@ -159,6 +177,8 @@ def global_attention(
 
     key_mask = key_mask.astype(bool)
     mask = [key_mask[:, None, None, :] if key_mask.ndim == 2 else key_mask[:, None]]
+    if isinstance(k, GlobalProjection) and q_global.shape[1] >= k.key_kernel.shape[-1]:
+        k, v = k.projected()  # factoring through the input no longer saves work
     if not isinstance(k, GlobalProjection):
         scores = jnp.einsum("bghd,bnhd->bhgn", q_global, k, preferred_element_type=jnp.float32)
         (probs,) = _masked_softmax([scores], mask, axis)
@@ -208,6 +228,7 @@ def longformer_attention(
         upcast_global: bool = False,
         segment_ids: jax.Array | None = None,
         axis: str | None = None,
+        budgets: tuple[int, ...] = (),
 ):
     """The reference's full self-attention: band + global columns, global rows recomputed.
 
@@ -229,6 +250,10 @@ def longformer_attention(
             band takes its halo from the neighbours, the global tokens' rows are gathered from
             the shards that hold them and their own rows merged over every shard's keys
             (`sequence_parallel.py`). The result is this shard's rows of one device's.
+        budgets: the budgets (ascending, `budget_buckets`) the global rows may run with: the
+            smallest that holds the batch's global tokens runs (`lax.switch`, one branch each),
+            so unused slots cost nothing there; the band's global columns are cheap (unused
+            ones are masked). Results are the same; with return_probs the whole budget runs.
 
     Returns out (B, N, H, D); with return_probs (out, local weights (B, H, N, G + left + right + 1)
     with global rows zeroed, global weights (B, H, N, G) or None without global tokens).
@@ -263,17 +288,48 @@ def longformer_attention(
             axis=axis)
     out, local_probs = result if return_probs else (result, None)
 
-    g_out, g_probs = global_attention(q_global, k_global, v_global,
-                                      _global_row_keys(attention_mask, segment_ids,
-                                                       global_segments),
-                                      dropout_rate=dropout_rate, dropout_rng=rngs[1],
-                                      upcast=upcast_global, axis=axis)
+    g_out, g_probs = _global_rows(
+        () if return_probs else budgets, globals_.count, q_global, k_global, v_global,
+        _global_row_keys(attention_mask, segment_ids, global_segments),
+        dropout_rate=dropout_rate, dropout_rng=rngs[1], upcast=upcast_global, axis=axis)
     out = scatter_rows(out, globals_.index, globals_.valid, g_out, axis)
     if not return_probs:
         return out
     local_probs = jnp.where(is_global[:, None, :, None], 0.0, local_probs)
     g_probs = jnp.where(globals_.valid[:, None, :, None], g_probs, 0.0)
     return out, local_probs, g_probs.transpose(0, 1, 3, 2)
+
+
+def budget_branch(count: jax.Array, budgets: tuple[int, ...]) -> jax.Array:
+    """The index of the smallest of `budgets` that holds the largest of count (B,) (the largest
+    budget when none does: the tokens past it are local)."""
+    used = jnp.minimum(jnp.max(count), budgets[-1])
+    return jnp.searchsorted(jnp.asarray(budgets, jnp.int32), used)
+
+
+def _global_rows(budgets, count, q_global, k, v, key_mask, *, dropout_rng, **options):
+    """`global_attention` of the first b slots, b the smallest of `budgets` (ascending to the
+    slots' budget) holding every example's global tokens, one `lax.switch` branch each: the
+    slots past the count are unused (`global_token_indices` fills them in order), so their rows
+    (zeros here) are never scattered back. Returns out (B, G, H, D) and the weights (None when
+    a smaller budget may run)."""
+    if len(budgets) <= 1:
+        return global_attention(q_global, k, v, key_mask, dropout_rng=dropout_rng, **options)
+    budget = q_global.shape[1]
+    if budgets[-1] != budget or list(budgets) != sorted(set(budgets)):
+        raise ValueError(f"budgets {budgets} must ascend to the slots' budget {budget}")
+
+    def within(b):
+        def run(q_global, k, v, key_mask, dropout_rng):
+            out, _ = global_attention(q_global[:, :b], k, v,
+                                      key_mask if key_mask.ndim == 2 else key_mask[:, :b],
+                                      dropout_rng=dropout_rng, **options)
+            return jnp.pad(out, ((0, 0), (0, budget - b), (0, 0), (0, 0)))
+        return run
+
+    branch = budget_branch(count, budgets)  # the same on every shard with `axis`
+    return lax.switch(branch, [within(b) for b in budgets], q_global, k, v, key_mask,
+                      dropout_rng), None
 
 
 def sharded_longformer_attention(q, k, v, attention_mask, *, globals_=None, q_global=None,

@@ -80,6 +80,10 @@ class LongformerConfig:
     dtype: str = "float32"  # compute dtype of matmuls; softmax, LayerNorm statistics: float32
     param_dtype: str = "float32"
     max_global_tokens: int = 64  # static per-example budget of global tokens; 0: no global path
+    # The global path of a call runs with the smallest of the budgets max_global_tokens,
+    # max_global_tokens / ratio, / ratio^2, ..., 1 that holds its batch's global tokens (chosen on
+    # the device: one compiled branch per budget); 1 runs every call with the whole budget.
+    global_budget_ratio: int = 8
     max_segments: int = 16  # static per-row slots of packed heads' outputs (segment_ids)
     remat: str = "none"  # rematerialisation per layer: none | minimal | full | dots | dots_no_batch
     attention_block_size: int = 0  # query block of the banded op; 0 picks one from the window
@@ -135,6 +139,9 @@ class LongformerConfig:
             fail(f"remat {self.remat!r} is not one of {REMAT_POLICIES}")
         if self.max_global_tokens < 0:
             fail(f"max_global_tokens must be >= 0, got {self.max_global_tokens}")
+        if self.global_budget_ratio < 1:
+            fail(f"global_budget_ratio must be >= 1 (1: always the whole budget), got "
+                 f"{self.global_budget_ratio}")
         if not isinstance(self.max_segments, int) or self.max_segments < 1:
             fail(f"max_segments must be a positive int, got {self.max_segments!r}")
         if self.attention_impl not in ATTENTION_IMPLS:

@@ -123,11 +123,11 @@ class LongformerSelfAttention(nn.Module):
         use_global = globals_ is not None
         dtype = cfg.compute_dtype
 
-        # The global rows need key_global / value_global of every token. With fewer global slots
-        # than the head size they are cheaper left unprojected (`attention.GlobalProjection`);
-        # otherwise they ride along with the local projections in one matmul.
-        # (Rotary keys depend on their position: they cannot be factored through the input.)
-        factored = use_global and globals_.index.shape[1] < dim and not cfg.rotary
+        # The global rows need key_global / value_global of every token: they are handed to the
+        # op unprojected (`attention.GlobalProjection`), which projects them only for a budget
+        # at or above the head size. Rotary keys depend on their position: they cannot be
+        # factored through the input, and ride along with the local projections in one matmul.
+        factored = use_global and not cfg.rotary
         global_names = ["key_global", "value_global"] if use_global else []
         params = {n: DenseParams(hidden, cfg, ("embed", "heads"), name=n)(hidden)
                   for n in ["query", "key", "value"] + global_names}
@@ -169,6 +169,8 @@ class LongformerSelfAttention(nn.Module):
                       k_global=k_global, v_global=v_global, block=cfg.attention_block_size or None,
                       dropout_rate=rate, dropout_rng=rng, return_probs=output_attentions,
                       upcast_global=cfg.on_cpu, segment_ids=segment_ids)
+        budgets = (attn_op.budget_buckets(globals_.index.shape[1], cfg.global_budget_ratio)
+                   if use_global else ())
         if impl == "dense":
             if sp.shards() > 1:
                 raise ValueError("attention_impl='dense' does not split the sequence over the "
@@ -180,7 +182,7 @@ class LongformerSelfAttention(nn.Module):
                   else attn_op.longformer_attention)
             result = op(q, proj["key"], proj["value"], attention_mask,
                         dilation=cfg.layer_dilations[self.layer_index], loop=impl == "loop",
-                        **kwargs)
+                        budgets=budgets, **kwargs)
         if not output_attentions:
             return result.reshape(batch, length, hidden), None, None
         out, probs, g_probs = result

@@ -277,6 +277,40 @@ def test_gradients_match_dense(length, left, right, block, budget):
     assert np.all(np.asarray(g_op[1])[~am] == 0.0)
 
 
+@pytest.mark.parametrize("loop", [True, False])
+def test_budgets_run_the_smallest_that_holds_the_batch(loop):
+    """With `budgets` the op runs the first b slots, b the smallest budget holding every
+    example's global tokens (one `lax.switch` branch per budget), and gives what the whole
+    budget gives, values and gradients, whichever branch runs: rows 0-3 of the patterns have at
+    most one global token (budget 1), rows 5 and 6 eight and seven, row 4 more than eight."""
+    budget, budgets, left, right = 8, A.budget_buckets(8, 4), 3, 3
+    assert budgets == (1, 2, 8)
+    c = make_case(37, budget, seed=5)
+    counts = c["gl"].sum(1)
+    (ct,) = random_arrays(7, 1, c["q"].shape)
+
+    def loss(args, ct, buckets):
+        out = op(*args, left=left, right=right, budget=budget, block=16, loop=loop,
+                 budgets=buckets)
+        return jnp.sum(out * ct), out
+
+    @jax.jit
+    def run(args, ct):
+        grad = jax.grad(lambda six, rest, b: loss(six + rest, ct, b)[0])
+        return [(loss(args, ct, b)[1], grad(args[:6], args[6:], b)) for b in (budgets, ())]
+
+    for rows, branch in [([0, 1, 2, 3], 1), ([0, 1, 5, 6], budget), ([3, 4, 5, 6], budget)]:
+        assert budgets[int(A.budget_branch(jnp.asarray(counts[rows]), budgets))] == branch
+        args = [a[rows] for a in case_args(c)[:8]]
+        (out_b, grads_b), (out, grads) = run(args, ct[rows])
+        assert_close(out_b, out, atol=1e-6, what=f"rows {rows}")
+        for name, a, b in zip(["q", "k", "v", "q_global", "k_global", "v_global"], grads_b,
+                              grads):
+            assert_close(a, b, atol=1e-6, what=f"rows {rows}: grad {name}")
+    assert "cond" in str(jax.make_jaxpr(lambda *a: op(
+        *a, left=left, right=right, budget=budget, budgets=budgets))(*case_args(c)[:8]))
+
+
 def test_gradients_finite_with_fully_masked_rows():
     """All-padding examples, band holes with nothing visible: values and grads are finite."""
     length, left, right = 9, 1, 0
@@ -547,11 +581,12 @@ def test_padding_token_in_global_slots_is_ignored():
     assert np.all(np.asarray(with_pad)[0, 4:] == 0)
 
 
-@pytest.mark.parametrize("rate", [0.0, 0.3])
-def test_global_projection_equals_projected_keys(rate):
-    """The factored global rows (keys/values left unprojected) equal projecting every token."""
+@pytest.mark.parametrize("rate,g", [(0.0, 2), (0.3, 2), (0.0, 8)])
+def test_global_projection_equals_projected_keys(rate, g):
+    """The factored global rows (keys/values left unprojected) equal projecting every token;
+    from g = head size on the op projects them itself (`GlobalProjection.projected`)."""
     rng = np.random.RandomState(3)
-    b, n, e, h, d, g = 2, 29, 24, 3, 8, 2
+    b, n, e, h, d = 2, 29, 24, 3, 8
     x = jnp.asarray(rng.randn(b, n, e), jnp.float32)
     wk, wv = (jnp.asarray(rng.randn(e, h, d) / 5, jnp.float32) for _ in range(2))
     bk, bv = (jnp.asarray(rng.randn(h, d), jnp.float32) for _ in range(2))

@@ -46,9 +46,14 @@ def test_outputs_and_gradients_equal_one_device(report):
     assert report["devices"] == 8 and len(cases) == 11, sorted(cases)
     for shape in ("(1, 1, 8, 1)", "(2, 1, 4, 1)", "(1, 2, 2, 2)"):
         assert f"mlm {shape}" in cases
+    # float32 rounding: the largest gradient difference, in the case with per-head dilation,
+    # rotary positions, scan + remat and the batched layout, was 1.4e-5 on an AMD EPYC and
+    # 2.1e-5 on an Intel Xeon (XLA:CPU's code follows the CPU's vector units); the others
+    # stay at or below 2.2e-6.
     float32 = {name: diffs for name, diffs in cases.items() if not name.startswith("bfloat16")}
     bad = {name: diffs for name, diffs in float32.items()
-           if diffs.get("loss", 0) > 1e-5 or diffs["outputs"] > 1e-5 or diffs["grads"] > 2e-5}
+           if diffs.get("loss", 0) > 1e-5 or diffs["outputs"] > 1e-5
+           or diffs["grads"] > (4e-5 if name.startswith("features") else 2e-5)}
     assert not bad, bad
     # bfloat16 compute: test_modeling's tolerance between two bfloat16 layouts of one model.
     bf16 = cases["bfloat16 (1, 1, 4, 1)"]
