@@ -319,7 +319,8 @@ def _global_rows(budgets, count, q_global, k, v, key_mask, *, dropout_rng, **opt
     if budgets[-1] != budget or list(budgets) != sorted(set(budgets)):
         raise ValueError(f"budgets {budgets} must ascend to the slots' budget {budget}")
 
-    def within(b):
+    def within(b):  # recomputed in the backward pass: a cond keeps every branch's residuals
+        @jax.checkpoint
         def run(q_global, k, v, key_mask, dropout_rng):
             out, _ = global_attention(q_global[:, :b], k, v,
                                       key_mask if key_mask.ndim == 2 else key_mask[:, :b],
