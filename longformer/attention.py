@@ -304,7 +304,7 @@ def budget_branch(count: jax.Array, budgets: tuple[int, ...]) -> jax.Array:
     """The index of the smallest of `budgets` that holds the largest of count (B,) (the largest
     budget when none does: the tokens past it are local)."""
     used = jnp.minimum(jnp.max(count), budgets[-1])
-    return jnp.searchsorted(jnp.asarray(budgets, jnp.int32), used)
+    return jnp.sum(jnp.asarray(budgets, jnp.int32) < used)  # no loop (searchsorted's is one)
 
 
 def _global_rows(budgets, count, q_global, k, v, key_mask, *, dropout_rng, **options):
