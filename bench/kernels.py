@@ -55,6 +55,10 @@ def cases(length: int, dtype: str):
                                 (x_ffn,)),
         "linear (N x 768 @ 768 x 3072)": (grad_of(lambda *a: layers.linear(*a, cpu)),
                                           grad_of(lambda *a: layers.linear(*a, gpu)), (x_h, w, b)),
+        # The FFN output: its weight gradient reads the GELU recompute across its rows.
+        "gelu, linear (N x 3072 @ 3072 x 768)": (
+            grad_of(lambda v, *a: layers.linear(layers.gelu(v, cpu), *a, cpu)),
+            grad_of(lambda v, *a: layers.linear(layers.gelu(v, gpu), *a, gpu)), (x_ffn, w.T, c)),
         "layer_norm (N x 768)": (grad_of(lambda *a: layers.layer_norm(*a, cpu)),
                                  grad_of(lambda *a: layers.layer_norm(*a, gpu)), (x32, s, c)),
     }

@@ -36,11 +36,12 @@ def test_gelu_matches_torch_and_autodiff():
     _close(_vjp(kernels.gelu, x), _vjp(lambda v: layers.gelu(v, GPU), x), 2e-6)
 
 
+@pytest.mark.parametrize("features", [(24, 56), (56, 24)])  # both weight-gradient forms
 @pytest.mark.parametrize("dtype,tol", [("float32", 1e-5), ("bfloat16", 2e-2)])
-def test_matmul_f32_vjp_equals_autodiff(dtype, tol):
+def test_matmul_f32_vjp_equals_autodiff(dtype, tol, features):
     rng = np.random.RandomState(1)
-    x = jnp.asarray(rng.randn(3, 40, 24), dtype)
-    w = jnp.asarray(rng.randn(24, 56) / 5, dtype)
+    x = jnp.asarray(rng.randn(3, 40, features[0]), dtype)
+    w = jnp.asarray(rng.randn(*features) / 5, dtype)
     ours = _vjp(lambda a, b: kernels.matmul_f32(a, b).astype(dtype), x, w)
     plain = _vjp(lambda a, b: jnp.dot(a.astype(jnp.float32), b.astype(jnp.float32)).astype(dtype),
                  x, w)
