@@ -57,22 +57,9 @@ def _matmul_f32_bwd(res, g):
     x, w = res
     g = g.astype(x.dtype)  # the output is rounded to x.dtype by its consumer: no loss
     gx = jnp.dot(g, w.T, preferred_element_type=jnp.float32).astype(x.dtype)
-    return gx, _weight_gradient(x, g).astype(w.dtype)
-
-
-def _weight_gradient(x, g):
-    """x^T g summed over every row, (K, N), in float32.
-
-    Both operands are contracted over their rows, so XLA:CPU first writes one of them
-    transposed; left to itself it picks x, and for the FFN output (K = 3072 > N = 768) that
-    write, fused with the GELU recompute that produces x, is a strided pass over the layer's
-    largest activation. For K > N the product is formed as (g^T x)^T instead, so that only the
-    narrower g is transposed (and the small K x N result); in float32 operands, since XLA:CPU
-    has no bfloat16 kernel with a float32 result for that orientation."""
-    lead = _leading(x)
-    if x.shape[-1] <= g.shape[-1]:
-        return jnp.tensordot(x, g, axes=(lead, lead), preferred_element_type=jnp.float32)
-    return jnp.tensordot(g.astype(jnp.float32), x.astype(jnp.float32), axes=(lead, lead)).T
+    gw = jnp.tensordot(x, g, axes=(_leading(x), _leading(g)),
+                       preferred_element_type=jnp.float32).astype(w.dtype)
+    return gx, gw
 
 
 def _leading(x) -> tuple[int, ...]:
