@@ -106,3 +106,52 @@ def _layer_norm_bwd(eps, res, g):
 
 
 layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
+
+
+def scan(f, carry, xs, consts_xs):
+    """`lax.scan` of `carry = f(carry, x, c)` over (xs, consts_xs), the final carry, with a
+    hand-written VJP: a scan that keeps each step's `jax.vjp` residuals and a reverse scan that
+    applies them. Only carry and xs are differentiated (consts_xs: layer indices and the like).
+
+    Why: XLA:CPU slices and updates no 16-bit float array in a loop; its float normalisation
+    widens every stacked bfloat16 residual of autodiff's scan to float32 (a whole-stack convert
+    between the two loops, and float32 slices in the backward one). Here such residuals cross
+    between the scans as their bits (uint16), which XLA moves as they are.
+    """
+    treedef = []  # the residuals' structure, known once the forward scan is traced
+
+    def step_vjp(c, x, k):
+        return jax.vjp(lambda c, x: f(c, x, k), c, x)
+
+    @jax.custom_vjp
+    def run(carry, xs):
+        return jax.lax.scan(lambda c, xk: (f(c, *xk), None), carry, (xs, consts_xs))[0]
+
+    def run_fwd(carry, xs):
+        def step(c, xk):
+            out, vjp = step_vjp(c, *xk)
+            leaves, tree = jax.tree.flatten(vjp)
+            treedef[:] = [(tree, [leaf.dtype for leaf in leaves])]
+            return out, [_to_bits(leaf) for leaf in leaves]
+        return jax.lax.scan(step, carry, (xs, consts_xs))
+
+    def run_bwd(residuals, g):
+        tree, dtypes = treedef[0]
+
+        def step(gc, bits):
+            vjp = jax.tree.unflatten(tree, [_from_bits(b, d) for b, d in zip(bits, dtypes)])
+            return vjp(gc)
+        return jax.lax.scan(step, g, residuals, reverse=True)
+
+    run.defvjp(run_fwd, run_bwd)
+    return run(carry, xs)
+
+
+def _to_bits(x):
+    if jnp.issubdtype(x.dtype, jnp.floating) and x.dtype.itemsize == 2:
+        return jax.lax.bitcast_convert_type(x, jnp.uint16)
+    return x
+
+
+def _from_bits(x, dtype):
+    return jax.lax.bitcast_convert_type(x, dtype) if x.dtype != dtype else x

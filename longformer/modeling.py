@@ -19,7 +19,7 @@ import numpy as np
 from jax.ad_checkpoint import checkpoint_name
 
 from longformer import attention as attn_op
-from longformer import global_attention
+from longformer import global_attention, kernels
 from longformer import segments as segments_lib
 from longformer import sequence_parallel as sp
 from longformer.config import PLATFORMS, LongformerConfig
@@ -290,12 +290,24 @@ class LongformerEncoder(nn.Module):
                 body = jax.checkpoint(body, policy=REMAT_POLICIES[cfg.remat], prevent_cse=False)
             params = self.param(run_name(first, count), _stacked_init(layer, count), x,
                                 attention_mask, globals_, segment_ids, positions)
-            # Matrices in the compute dtype (the layer casts them anyway): with bfloat16 compute
-            # the scan's copy and its gradient take half the memory.
-            params = jax.tree.map(lambda p: p.astype(cfg.compute_dtype) if p.ndim >= 3 else p,
-                                  params)
-            x, (inputs, probs, g_probs) = jax.lax.scan(
-                body, x, (params, jnp.arange(first, first + count)))
+            if not cfg.on_cpu:
+                # Matrices in the compute dtype (the layer casts them anyway): with bfloat16
+                # compute the scan's copy and its gradient take half the memory. Not on CPU:
+                # XLA:CPU slices no bfloat16 array in a loop; its float normalisation rounds the
+                # whole stack and widens it back to float32 before the scan, a pass over every
+                # weight per call (11% of the bfloat16 forward at 4K), where each layer's slice
+                # cast in the body costs nothing.
+                params = jax.tree.map(
+                    lambda p: p.astype(cfg.compute_dtype) if p.ndim >= 3 else p, params)
+            indices = jnp.arange(first, first + count)
+            if cfg.on_cpu and not (output_attentions or output_hidden_states):
+                # The hand-written VJP of the scan (`kernels.scan`: XLA:CPU widens autodiff's
+                # stacked bfloat16 residuals to float32).
+                x = kernels.scan(lambda h, p, i, body=body: body(h, (p, i))[0], x, params,
+                                 indices)
+                inputs = probs = g_probs = None
+            else:
+                x, (inputs, probs, g_probs) = jax.lax.scan(body, x, (params, indices))
             for j in range(count):
                 if output_hidden_states:
                     hidden.append(inputs[j])

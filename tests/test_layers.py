@@ -75,6 +75,50 @@ def test_linear_cpu_and_plain_forms_agree(dtype, tol):
            _vjp(lambda *a: layers.linear(*a, gpu), x, kernel, bias), tol)
 
 
+@pytest.mark.parametrize("dtype,tol", [("float32", 1e-6), ("bfloat16", 1e-2)])
+def test_scan_vjp_equals_autodiff(dtype, tol):
+    """kernels.scan (a layer stack's scan, its residuals passed as bits) against autodiff of
+    lax.scan: a remat'd step over a pytree of stacked float32 weights and per-step constants."""
+    rng = np.random.RandomState(3)
+    params = {"w": jnp.asarray(rng.randn(3, 16, 16) / 4, jnp.float32),
+              "scale": jnp.asarray(rng.rand(3, 16) + 0.5, jnp.float32)}
+    x = jnp.asarray(rng.randn(2, 5, 16), dtype)
+    shifts = jnp.arange(3, dtype=jnp.float32)
+
+    @jax.checkpoint
+    def step(h, p, shift):
+        y = kernels.matmul_f32(h, p["w"].astype(h.dtype))
+        return (kernels.gelu(y + shift) * p["scale"]).astype(h.dtype)
+
+    ours = _vjp(lambda h, p: kernels.scan(step, h, p, shifts), x, params)
+    plain = _vjp(lambda h, p: jax.lax.scan(lambda c, xs: (step(c, *xs), None), h,
+                                           (p, shifts))[0], x, params)
+    _close(ours, plain, tol)
+
+
+def test_bfloat16_residuals_stay_16_bit():
+    """With bfloat16 compute a scanned model's train step keeps its activations in 16 bits: its
+    compiled temporaries under 80% of the float32 model's (XLA:CPU widens autodiff's stacked
+    bfloat16 residuals to float32)."""
+    from longformer.modeling import LongformerModel
+    temps = {}
+    for dtype in ("float32", "bfloat16"):
+        cfg = LongformerConfig(vocab_size=64, hidden_size=64, num_hidden_layers=3,
+                               num_attention_heads=2, intermediate_size=256, attention_window=32,
+                               max_position_embeddings=514, dtype=dtype, scan_layers=True,
+                               platform="cpu")
+        model = LongformerModel(cfg, add_pooling_layer=False)
+        ids = jnp.ones((1, 512), jnp.int32)
+        params = jax.eval_shape(lambda: model.init(jax.random.key(0), ids))
+
+        def loss(p):
+            out = model.apply(p, ids).last_hidden_state
+            return jnp.mean(jnp.square(out.astype(jnp.float32)))
+        compiled = jax.jit(jax.grad(loss)).lower(params).compile()
+        temps[dtype] = compiled.memory_analysis().temp_size_in_bytes
+    assert temps["bfloat16"] < 0.8 * temps["float32"], temps  # 0.70 measured; 0.97 before
+
+
 def test_platform_picks_the_kernels():
     """Only a model built for the CPU runs the hand-written VJPs (they show in its jaxpr)."""
     x = jnp.ones((4, 8), jnp.float32)
