@@ -180,40 +180,48 @@ def _band_loop_bwd(block, width, rate, length, res, d_out):
     dtype, f32 = band.v.dtype, jnp.float32
 
     def step(carry, xs):
-        d_k_t, d_v, d_extra_k_t, d_extra_v = carry
+        d_k_t, d_v_t, d_extra_k_t, d_extra_v_t = carry
         i, out_b, d_out_b = xs
         start = i * block
         q, keys, values, expd, inv, keep = _block(band, i, block=block, width=width, rate=rate,
                                                   rng=rng)
         d_out_b = d_out_b.astype(dtype)
+        # The key and value gradients sum over the block's queries; with those queries on the
+        # small operands' last axis (q and d_out transposed, one block each) the products are
+        # plain matmuls, which XLA:CPU hands to its fast library (a contraction over both
+        # operands' rows it runs in its own, slower, loops).
+        q_t, d_out_t = jnp.swapaxes(q, -1, -2), jnp.swapaxes(d_out_b, -1, -2)
         # d score = p * (d p - sum_j p_j d p_j), and that sum is d_out . out (dropout included).
         delta = jnp.sum(d_out_b.astype(f32) * out_b.astype(f32), axis=-1, keepdims=True)
         d_q, d_keys, d_values = 0.0, [], []
         for k, v, e, kp in zip(keys, values, expd, keep):
             p = e * inv
-            d_values.append(jnp.einsum("bhcs,bhcd->bhsd", _dropped(p, kp, rate).astype(dtype),
-                                       d_out_b, preferred_element_type=f32))
+            d_values.append(jnp.einsum("bhdc,bhcs->bhds", d_out_t,
+                                       _dropped(p, kp, rate).astype(dtype),
+                                       preferred_element_type=f32))
             d_p = _dropped(jnp.einsum("bhcd,bhsd->bhcs", d_out_b, v, preferred_element_type=f32),
                            kp, rate)
             d_s = (p * (d_p - delta)).astype(dtype)
             d_q = d_q + jnp.einsum("bhcs,bhds->bhcd", d_s, k, preferred_element_type=f32)
-            d_keys.append(jnp.einsum("bhcd,bhcs->bhds", q, d_s, preferred_element_type=f32))
+            d_keys.append(jnp.einsum("bhdc,bhcs->bhds", q_t, d_s, preferred_element_type=f32))
         if band.extra_k_t is not None:
             d_extra_k_t = d_extra_k_t + d_keys.pop(0)
-            d_extra_v = d_extra_v + d_values.pop(0)
+            d_extra_v_t = d_extra_v_t + d_values.pop(0)
         window_k = lax.dynamic_slice_in_dim(d_k_t, start, span, axis=3)
-        window_v = lax.dynamic_slice_in_dim(d_v, start, span, axis=2)
+        window_v = lax.dynamic_slice_in_dim(d_v_t, start, span, axis=3)
         d_k_t = lax.dynamic_update_slice_in_dim(d_k_t, window_k + d_keys[0], start, axis=3)
-        d_v = lax.dynamic_update_slice_in_dim(d_v, window_v + d_values[0], start, axis=2)
-        return (d_k_t, d_v, d_extra_k_t, d_extra_v), d_q
+        d_v_t = lax.dynamic_update_slice_in_dim(d_v_t, window_v + d_values[0], start, axis=3)
+        return (d_k_t, d_v_t, d_extra_k_t, d_extra_v_t), d_q
 
     # Inside a sequence-parallel shard_map the gradients vary over its axis as the queries do, even
     # those of operands every shard shares (the extra columns): the carry must say so.
     zeros = lambda x: None if x is None else _varying(jnp.zeros(x.shape, f32))  # noqa: E731
-    init = (zeros(band.k_t), zeros(band.v), zeros(band.extra_k_t), zeros(band.extra_v))
+    swap = lambda x: None if x is None else jnp.swapaxes(x, -1, -2)  # noqa: E731
+    init = (zeros(band.k_t), zeros(swap(band.v)), zeros(band.extra_k_t), zeros(swap(band.extra_v)))
     num_blocks = band.q.shape[2] // block
-    (d_k_t, d_v, d_extra_k_t, d_extra_v), d_q = lax.scan(
+    (d_k_t, d_v_t, d_extra_k_t, d_extra_v_t), d_q = lax.scan(
         step, init, (jnp.arange(num_blocks), out, d_out))
+    d_v, d_extra_v = swap(d_v_t), swap(d_extra_v_t)
     d_q = jnp.moveaxis(d_q, 0, 2).reshape(band.q.shape)
     cast = lambda d, x: None if x is None else d.astype(x.dtype)  # noqa: E731
     d_band = _Band(cast(d_q, band.q), cast(d_k_t, band.k_t), cast(d_v, band.v),
